@@ -1,0 +1,63 @@
+# edgedet developer entry points. `make demo` and `make test` work on a fresh Debian machine.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.edgedet-installed
+ARCH := $(shell uname -m)
+# torch builds that pip takes from this machine's disk (x86_64) / a CPU build (aarch64).
+ifeq ($(ARCH),aarch64)
+TORCH_PINS ?= torch==2.9.1 torchvision==0.24.1
+else
+TORCH_PINS ?= torch==2.14.1 torchvision==0.29.1
+endif
+MODEL := models/demo.torchscript
+CLIP := .cache/demo/demo.mp4
+PYTEST_ARGS ?=
+
+.PHONY: help venv sysdeps model assets demo test unit lint clean
+
+help:
+	@echo "make demo   - run the daemon on the built-in demo clip, show MQTT messages + latency"
+	@echo "make test   - install everything needed and run the whole test suite"
+	@echo "make unit   - unit tests only;  make lint - ruff + mypy;  make model - export the demo model"
+
+venv: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q $(TORCH_PINS)
+	$(PY) -m pip install -q -e '.[dev,export]'
+	# ultralytics pulls opencv-python (GUI build); the daemon ships with the headless one.
+	$(PY) -m pip uninstall -q -y opencv-python || true
+	$(PY) -m pip install -q --force-reinstall --no-deps opencv-python-headless
+	$(PY) -c "import cv2, torch, paho.mqtt, prometheus_client, yaml; print('venv ok: torch', torch.__version__, 'cv2', cv2.__version__)"
+	touch $(STAMP)
+
+sysdeps:
+	bash scripts/ci-deps.sh
+
+model: $(MODEL)
+$(MODEL): | $(STAMP)
+	$(PY) scripts/demo_model.py --out $(MODEL)
+
+assets: $(CLIP)
+$(CLIP): | $(STAMP)
+	$(PY) scripts/make_clip.py --out-dir .cache/demo
+
+demo: sysdeps venv model assets
+	$(PY) scripts/demo.py
+
+unit: venv model
+	$(PY) -m pytest -q tests/unit $(PYTEST_ARGS)
+
+test: sysdeps venv model assets
+	$(PY) -m pytest -q $(PYTEST_ARGS)
+
+lint: venv
+	$(VENV)/bin/ruff check edgedet tests scripts
+	$(VENV)/bin/mypy edgedet
+
+clean:
+	rm -rf $(VENV) models .cache .pytest_cache .mypy_cache .ruff_cache

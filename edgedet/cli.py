@@ -1,0 +1,200 @@
+"""Command line: ``edgedet export|detect|run|check-config``.
+
+Exit codes: 0 ok, 1 runtime failure, 2 bad config or bad input. An ``EdgedetError`` becomes one
+line on stderr, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+from edgedet import __version__
+from edgedet.errors import EdgedetError, InputError
+
+log = logging.getLogger("edgedet")
+
+
+class _RedactFilter(logging.Filter):
+    """Replaces secrets (passwords, URL credentials) in every log record."""
+
+    def __init__(self, secrets: Iterable[str]) -> None:
+        super().__init__()
+        self.secrets = [s for s in secrets if s]
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if self.secrets:
+            text = record.getMessage()
+            for secret in self.secrets:
+                text = text.replace(secret, "***")
+            record.msg, record.args = text, None
+        return True
+
+
+def setup_logging(level: str = "INFO", secrets: Iterable[str] = ()) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+    handler.addFilter(_RedactFilter(secrets))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level)
+
+
+def _cmd_export(args: argparse.Namespace) -> int:
+    from edgedet.export import export, parse_imgsz
+
+    report = export(
+        Path(args.weights),
+        output=Path(args.output) if args.output else None,
+        imgsz=parse_imgsz(args.imgsz),
+        half=args.half,
+        device=args.device,
+        check_image=Path(args.check_image) if args.check_image else None,
+    )
+    for line in report.lines():
+        print(line)
+    return 0
+
+
+def _parse_classes(values: Sequence[str] | None, names: Sequence[str]) -> list[int] | None:
+    if not values:
+        return None
+    ids: list[int] = []
+    for item in ",".join(values).split(","):
+        item = item.strip()
+        if not item:
+            continue
+        if item.isdigit():
+            idx = int(item)
+            if idx >= len(names):
+                raise InputError(f"--classes: class id {idx} out of range (model has {len(names)} classes)")
+            ids.append(idx)
+        elif item in names:
+            ids.append(names.index(item))
+        else:
+            raise InputError(f"--classes: unknown label {item!r} (model labels: {', '.join(names)})")
+    return ids
+
+
+def _cmd_detect(args: argparse.Namespace) -> int:
+    import cv2
+
+    from edgedet.model import load_detector
+    from edgedet.postprocess import decode
+    from edgedet.preprocess import Preprocessor
+
+    detector = load_detector(args.model, device=args.device)
+    info = detector.info
+    classes = _parse_classes(args.classes, info.names)
+    pre = Preprocessor(*info.imgsz, dtype=detector.np_dtype)
+    save_dir = Path(args.save_annotated) if args.save_annotated else None
+    if save_dir:
+        save_dir.mkdir(parents=True, exist_ok=True)
+    status = 0
+    for image_path in args.images:
+        image = cv2.imread(image_path, cv2.IMREAD_UNCHANGED)
+        if image is None:
+            print(f"error: {image_path}: cannot read image (missing, unreadable or not an image)", file=sys.stderr)
+            status = 2
+            continue
+        try:
+            t0 = time.perf_counter()
+            tensor, geo = pre(image)
+            t1 = time.perf_counter()
+            raw = detector.infer(tensor)
+            t2 = time.perf_counter()
+            dets = decode(raw, geo, info.names, conf=args.conf, iou=args.iou, classes=classes, max_det=args.max_det)
+            t3 = time.perf_counter()
+        except InputError as exc:
+            print(f"error: {image_path}: {exc}", file=sys.stderr)
+            status = 2
+            continue
+        record = {
+            "image": Path(image_path).name,
+            "width": int(image.shape[1]),
+            "height": int(image.shape[0]),
+            "model": info.name,
+            "detections": [d.as_dict() for d in dets],
+            "timing_ms": {
+                "preprocess": round((t1 - t0) * 1000, 2),
+                "inference": round((t2 - t1) * 1000, 2),
+                "postprocess": round((t3 - t2) * 1000, 2),
+            },
+        }
+        print(json.dumps(record), flush=True)
+        if save_dir:
+            from edgedet.draw import annotate
+
+            cv2.imwrite(str(save_dir / Path(image_path).name), annotate(image, dets))
+    return status
+
+
+def _cmd_check_config(args: argparse.Namespace) -> int:
+    from edgedet.config import dump_config, load_config
+
+    cfg = load_config(args.file)
+    sys.stdout.write(dump_config(cfg))
+    return 0
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from edgedet.app import run
+    from edgedet.config import load_config
+
+    cfg = load_config(args.config)
+    setup_logging(args.log_level or cfg.log_level, cfg.secrets())
+    return run(cfg)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="edgedet", description="Edge video-stream detection daemon (YOLOv8 TorchScript)")
+    ap.add_argument("--version", action="version", version=f"edgedet {__version__}")
+    ap.add_argument("--log-level", default=None, choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    sub = ap.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("export", help="export an Ultralytics YOLOv8 .pt checkpoint to TorchScript")
+    p.add_argument("--weights", required=True, help="Ultralytics checkpoint (.pt)")
+    p.add_argument("--imgsz", default="640", help="input size: N or H,W (multiples of the stride)")
+    p.add_argument("--half", action="store_true", help="fp16 weights and input (for CUDA devices)")
+    p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
+    p.add_argument("--check-image", default=None, help="real image for the traced-vs-eager check")
+    p.add_argument("-o", "--output", default=None, help="output file (default: WEIGHTS with .torchscript)")
+    p.set_defaults(func=_cmd_export)
+
+    p = sub.add_parser("detect", help="run the detector on image files, one JSON line per image")
+    p.add_argument("images", nargs="+")
+    p.add_argument("--model", required=True)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--conf", type=float, default=0.25)
+    p.add_argument("--iou", type=float, default=0.7)
+    p.add_argument("--max-det", type=int, default=300)
+    p.add_argument("--classes", nargs="*", default=None, help="labels or class ids to keep")
+    p.add_argument("--save-annotated", default=None, metavar="DIR")
+    p.set_defaults(func=_cmd_detect)
+
+    p = sub.add_parser("check-config", help="validate a config file and print it normalised (secrets masked)")
+    p.add_argument("file")
+    p.set_defaults(func=_cmd_check_config)
+
+    p = sub.add_parser("run", help="run the daemon")
+    p.add_argument("-c", "--config", required=True)
+    p.set_defaults(func=_cmd_run)
+    return ap
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    setup_logging(args.log_level or "INFO")
+    try:
+        return int(args.func(args))
+    except EdgedetError as exc:
+        for line in str(exc).splitlines() or [type(exc).__name__]:
+            print(f"error: {line}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        return 130

@@ -1,0 +1,43 @@
+"""Error hierarchy. Library errors are converted to these at module boundaries.
+
+The CLI turns an ``EdgedetError`` into one line on stderr and an exit code:
+``ConfigError`` / ``ModelError`` / ``InputError`` exit 2, anything else 1.
+"""
+
+from __future__ import annotations
+
+
+class EdgedetError(Exception):
+    """Base class: the message is a complete, user-facing, one-line explanation."""
+
+    exit_code = 1
+
+
+class ConfigError(EdgedetError):
+    """Bad configuration; ``problems`` holds every problem found (one line each)."""
+
+    exit_code = 2
+
+    def __init__(self, problems: list[str] | str) -> None:
+        self.problems = [problems] if isinstance(problems, str) else list(problems)
+        super().__init__("\n".join(self.problems))
+
+
+class ModelError(EdgedetError):
+    """A model file that cannot be used (missing, not TorchScript, bad metadata...)."""
+
+    exit_code = 2
+
+
+class InputError(EdgedetError):
+    """Bad input data (an unreadable image, an unsupported array)."""
+
+    exit_code = 2
+
+
+class CaptureError(EdgedetError):
+    """A camera/stream could not be opened or read."""
+
+
+class PublishError(EdgedetError):
+    """MQTT publishing failed in a way the caller must know about."""

@@ -1,0 +1,107 @@
+"""Letterbox + normalise into a reused NCHW buffer (pure numpy / OpenCV, no torch).
+
+Semantics match Ultralytics' ``LetterBox`` for a static-shape exported model (``auto=False``,
+``scaleup=True``, ``center=True``, pad value 114, ``cv2.INTER_LINEAR``): scale to fit the
+model input keeping the aspect ratio, round each resized side with Python's ``round`` (at least
+1 px), and split the padding with ``round(d/2 - 0.1)`` before and ``round(d/2 + 0.1)`` after.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+
+from edgedet.errors import InputError
+
+PAD_VALUE = 114
+
+
+@dataclass(frozen=True, slots=True)
+class Letterbox:
+    """Geometry of one letterbox: source (h, w) placed into the model input (h, w)."""
+
+    src_h: int
+    src_w: int
+    dst_h: int
+    dst_w: int
+    new_h: int  # resized image height inside the input
+    new_w: int
+    top: int
+    left: int
+
+    @property
+    def gain_x(self) -> float:
+        return self.new_w / self.src_w
+
+    @property
+    def gain_y(self) -> float:
+        return self.new_h / self.src_h
+
+
+def letterbox_geometry(src_h: int, src_w: int, dst_h: int, dst_w: int) -> Letterbox:
+    """Where an ``src_h`` x ``src_w`` image lands inside a ``dst_h`` x ``dst_w`` model input."""
+    if src_h <= 0 or src_w <= 0:
+        raise InputError(f"image has an empty shape {src_h}x{src_w}")
+    r = min(dst_h / src_h, dst_w / src_w)
+    new_w = max(round(src_w * r), 1)
+    new_h = max(round(src_h * r), 1)
+    dw = (dst_w - new_w) / 2
+    dh = (dst_h - new_h) / 2
+    return Letterbox(src_h, src_w, dst_h, dst_w, new_h, new_w, top=round(dh - 0.1), left=round(dw - 0.1))
+
+
+def as_bgr(image: np.ndarray, name: str = "image") -> np.ndarray:
+    """Validate an image and return it as H x W x 3 uint8 BGR (grayscale and BGRA are converted)."""
+    if not isinstance(image, np.ndarray):
+        raise InputError(f"{name}: expected a numpy array (got {type(image).__name__})")
+    if image.size == 0:
+        raise InputError(f"{name}: image is empty (shape {image.shape})")
+    if image.dtype != np.uint8:
+        raise InputError(f"{name}: expected a uint8 image (got {image.dtype})")
+    if image.ndim == 2:
+        return cv2.cvtColor(image, cv2.COLOR_GRAY2BGR)
+    if image.ndim == 3:
+        channels = image.shape[2]
+        if channels == 3:
+            return image
+        if channels == 1:
+            return cv2.cvtColor(image, cv2.COLOR_GRAY2BGR)
+        if channels == 4:
+            return cv2.cvtColor(image, cv2.COLOR_BGRA2BGR)
+    raise InputError(f"{name}: expected H x W, H x W x 1, H x W x 3 or H x W x 4 (got shape {image.shape})")
+
+
+class Preprocessor:
+    """Letterboxes frames into buffers it owns and reuses (one instance per worker thread).
+
+    ``__call__`` returns ``(tensor, geometry)``; ``tensor`` is a view of the reused NCHW buffer
+    (1 x 3 x H x W, float32 or float16), valid until the next call.
+    """
+
+    def __init__(self, input_h: int, input_w: int, dtype: type[np.floating] = np.float32) -> None:
+        self.input_h = input_h
+        self.input_w = input_w
+        self._canvas = np.full((input_h, input_w, 3), PAD_VALUE, dtype=np.uint8)
+        self._tensor = np.empty((1, 3, input_h, input_w), dtype=dtype)
+        self._last_geometry: Letterbox | None = None
+
+    def __call__(self, image: np.ndarray) -> tuple[np.ndarray, Letterbox]:
+        bgr = as_bgr(image)
+        h, w = bgr.shape[:2]
+        geo = self._last_geometry
+        if geo is None or geo.src_h != h or geo.src_w != w:
+            geo = letterbox_geometry(h, w, self.input_h, self.input_w)
+            self._canvas.fill(PAD_VALUE)  # padding only changes with the geometry
+            self._last_geometry = geo
+        roi = self._canvas[geo.top : geo.top + geo.new_h, geo.left : geo.left + geo.new_w]
+        if (geo.new_h, geo.new_w) == (h, w):
+            roi[...] = bgr
+        else:
+            resized = cv2.resize(bgr, (geo.new_w, geo.new_h), dst=roi, interpolation=cv2.INTER_LINEAR)
+            if resized is not roi and not np.shares_memory(resized, roi):
+                roi[...] = resized  # OpenCV could not write in place (should not happen)
+        # BGR -> RGB, HWC -> CHW, /255 in one strided pass into the reused buffer.
+        np.divide(self._canvas[:, :, ::-1].transpose(2, 0, 1), 255.0, out=self._tensor[0], casting="unsafe")
+        return self._tensor, geo
