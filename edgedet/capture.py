@@ -1,0 +1,519 @@
+"""Frame sources (RTSP / HTTP / file / V4L2 through OpenCV) and the per-camera capture thread.
+
+``CaptureWorker`` opens a ``FrameSource``, reads frames into the camera's queue and, on any
+failure (open error, read error or timeout, stall, unexpected exception), closes it, marks
+the camera down and reconnects with capped exponential backoff and full jitter -- forever,
+until the shared stop Event is set. One camera's trouble never affects another.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import random
+import re
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Literal, Protocol
+from urllib.parse import urlsplit, urlunsplit
+
+import cv2
+import numpy as np
+from prometheus_client import Counter, Gauge
+
+from edgedet.errors import CaptureError
+from edgedet.framequeue import CameraQueue
+from edgedet.metrics import Metrics
+from edgedet.types import Frame
+
+log = logging.getLogger(__name__)
+
+SourceKind = Literal["rtsp", "http", "file", "device"]
+
+# OPENCV_FFMPEG_CAPTURE_OPTIONS is process-global and read by OpenCV when a capture opens:
+# set it (and restore it) under this lock so concurrent opens never see another's value.
+_FFMPEG_ENV = "OPENCV_FFMPEG_CAPTURE_OPTIONS"
+_ffmpeg_env_lock = threading.Lock()
+
+_SECRET_QUERY_KEYS = re.compile(r"(?i)^(pass|passwd|password|pwd|token|key|secret|auth|api_key|apikey)$")
+_MAX_SANE_FPS = 1000.0  # some RTSP servers report the 90 kHz clock as fps
+_DEFAULT_FILE_FPS = 25.0
+_DUE_EPSILON_S = 1e-3  # float slack when comparing a frame time with the fps_limit due time
+
+
+def mask_url(url: str | int) -> str:
+    """``url`` with the password and secret-looking query values replaced by ``***``."""
+    text = str(url)
+    if "://" not in text:
+        return text
+    try:
+        parts = urlsplit(text)
+    except ValueError:
+        return re.sub(r"//[^/@]*@", "//***@", text)
+    netloc = parts.netloc
+    if "@" in netloc:
+        userinfo, host = netloc.rsplit("@", 1)
+        user = userinfo.split(":", 1)[0]
+        netloc = f"{user}:***@{host}" if ":" in userinfo else f"***@{host}"
+    query = "&".join(
+        f"{k}=***" if v is not None and _SECRET_QUERY_KEYS.match(k) else item
+        for item in parts.query.split("&")
+        if item
+        for k, v in [item.split("=", 1) if "=" in item else (item, None)]
+    )
+    return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
+
+
+class FrameSource(Protocol):
+    """What ``CaptureWorker`` reads from. ``grab()`` must return within a bounded time."""
+
+    @property
+    def fps(self) -> float | None:
+        """Nominal frame rate once open (None when unknown)."""
+        ...
+
+    @property
+    def is_file(self) -> bool:
+        """True for a file: ``grab() == False`` then means end of file, not a failure."""
+        ...
+
+    def open(self) -> None:
+        """Open the source; raise ``CaptureError`` with a one-line reason on failure."""
+        ...
+
+    def grab(self) -> bool:
+        """Read the next frame without decoding it; False on EOF / error / timeout."""
+        ...
+
+    def retrieve(self) -> np.ndarray | None:
+        """Decode the last grabbed frame (BGR); None when it cannot be decoded."""
+        ...
+
+    def close(self) -> None: ...
+
+
+class OpenCvSource:
+    """OpenCV capture: FFmpeg for rtsp/http/file, V4L2 for ``/dev/videoN`` or an int index.
+
+    FFmpeg opens and reads are bounded by ``open_timeout_s`` / ``read_timeout_s``
+    (``CAP_PROP_OPEN_TIMEOUT_MSEC`` / ``CAP_PROP_READ_TIMEOUT_MSEC`` -- both verified to
+    interrupt a silent peer on OpenCV 5.0). ``width``/``height``/``fourcc`` apply to V4L2.
+    """
+
+    def __init__(
+        self,
+        url: str | int,
+        kind: SourceKind,
+        transport: Literal["tcp", "udp"] = "tcp",
+        width: int | None = None,
+        height: int | None = None,
+        fourcc: str | None = None,
+        open_timeout_s: float = 10.0,
+        read_timeout_s: float = 10.0,
+        display_url: str | None = None,
+    ) -> None:
+        if kind not in ("rtsp", "http", "file", "device"):
+            raise ValueError(f"source kind must be rtsp, http, file or device (got {kind!r})")
+        if transport not in ("tcp", "udp"):
+            raise ValueError(f"transport must be 'tcp' or 'udp' (got {transport!r})")
+        if fourcc is not None and len(fourcc) != 4:
+            raise ValueError(f"fourcc must have 4 characters (got {fourcc!r})")
+        if open_timeout_s <= 0 or read_timeout_s <= 0:
+            raise ValueError(
+                f"timeouts must be > 0 (got open {open_timeout_s}, read {read_timeout_s})"
+            )
+        self.url = url
+        self.kind = kind
+        self.transport = transport
+        self.width = width
+        self.height = height
+        self.fourcc = fourcc
+        self.open_timeout_s = open_timeout_s
+        self.read_timeout_s = read_timeout_s
+        self.display_url = display_url if display_url is not None else mask_url(url)
+        self._cap: cv2.VideoCapture | None = None
+        self._fps: float | None = None
+
+    @property
+    def fps(self) -> float | None:
+        return self._fps
+
+    @property
+    def is_file(self) -> bool:
+        return self.kind == "file"
+
+    def open(self) -> None:
+        self.close()
+        if self.kind == "device":
+            cap = self._open_device()
+        else:
+            cap = self._open_ffmpeg()
+        fps = float(cap.get(cv2.CAP_PROP_FPS) or 0.0)
+        self._fps = fps if math.isfinite(fps) and 0.0 < fps <= _MAX_SANE_FPS else None
+        self._cap = cap
+
+    def _open_ffmpeg(self) -> cv2.VideoCapture:
+        if self.kind == "file" and not Path(str(self.url)).is_file():
+            raise CaptureError(f"cannot open {self.display_url}: no such file")
+        params = [
+            cv2.CAP_PROP_OPEN_TIMEOUT_MSEC, int(self.open_timeout_s * 1000),
+            cv2.CAP_PROP_READ_TIMEOUT_MSEC, int(self.read_timeout_s * 1000),
+        ]  # fmt: skip
+        started = time.monotonic()
+        if self.kind == "rtsp":
+            with _ffmpeg_env_lock:
+                previous = os.environ.get(_FFMPEG_ENV)
+                os.environ[_FFMPEG_ENV] = _with_rtsp_transport(previous, self.transport)
+                try:
+                    cap = cv2.VideoCapture(str(self.url), cv2.CAP_FFMPEG, params)
+                finally:
+                    if previous is None:
+                        os.environ.pop(_FFMPEG_ENV, None)
+                    else:
+                        os.environ[_FFMPEG_ENV] = previous
+        else:
+            cap = cv2.VideoCapture(str(self.url), cv2.CAP_FFMPEG, params)
+        if not cap.isOpened():
+            cap.release()
+            elapsed = time.monotonic() - started
+            if elapsed >= self.open_timeout_s * 0.95:
+                reason = f"no answer within {self.open_timeout_s:g} s"
+            elif self.kind == "file":
+                reason = "not a readable video file"
+            else:
+                reason = "FFmpeg could not open the stream (check host, path, credentials, codec)"
+            raise CaptureError(f"cannot open {self.display_url}: {reason}")
+        return cap
+
+    def _open_device(self) -> cv2.VideoCapture:
+        target: str | int = self.url
+        if isinstance(target, str) and target.isdigit():
+            target = int(target)
+        cap = cv2.VideoCapture(target, cv2.CAP_V4L2)
+        if not cap.isOpened():
+            cap.release()
+            raise CaptureError(f"cannot open V4L2 device {self.display_url}: missing, busy or not a camera")
+        if self.fourcc is not None:  # before the size: drivers pick sizes per pixel format
+            cap.set(cv2.CAP_PROP_FOURCC, cv2.VideoWriter.fourcc(*self.fourcc))
+        if self.width is not None:
+            cap.set(cv2.CAP_PROP_FRAME_WIDTH, self.width)
+        if self.height is not None:
+            cap.set(cv2.CAP_PROP_FRAME_HEIGHT, self.height)
+        cap.set(cv2.CAP_PROP_READ_TIMEOUT_MSEC, int(self.read_timeout_s * 1000))  # ignored if unsupported
+        actual = (int(cap.get(cv2.CAP_PROP_FRAME_WIDTH)), int(cap.get(cv2.CAP_PROP_FRAME_HEIGHT)))
+        if actual != (self.width or actual[0], self.height or actual[1]):
+            log.warning(
+                "device %s: asked for %sx%s, driver gave %dx%d",
+                self.display_url, self.width, self.height, actual[0], actual[1],
+            )
+        return cap
+
+    def grab(self) -> bool:
+        if self._cap is None:
+            return False
+        try:
+            return bool(self._cap.grab())
+        except cv2.error as exc:
+            raise CaptureError(f"read from {self.display_url} failed: {_one_line(exc)}") from exc
+
+    def retrieve(self) -> np.ndarray | None:
+        if self._cap is None:
+            return None
+        try:
+            ok, image = self._cap.retrieve()
+        except cv2.error:
+            return None
+        if not ok or image is None or image.size == 0:
+            return None
+        return image
+
+    def close(self) -> None:
+        cap, self._cap = self._cap, None
+        if cap is not None:
+            cap.release()
+
+
+def _with_rtsp_transport(options: str | None, transport: str) -> str:
+    """FFmpeg capture options (``key;value|key;value``) with ``rtsp_transport`` set."""
+    kept = [o for o in (options or "").split("|") if o and not o.startswith("rtsp_transport;")]
+    return "|".join([*kept, f"rtsp_transport;{transport}"])
+
+
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split()) or type(exc).__name__
+
+
+class _Failure(CaptureError):
+    """A failed capture session; ``kind`` is the ``capture_errors`` label."""
+
+    def __init__(self, kind: str, message: str) -> None:
+        super().__init__(message)
+        self.kind = kind
+
+
+class CaptureWorker(threading.Thread):
+    """Reads one camera into its ``CameraQueue`` until ``stop`` is set (or a file ends).
+
+    * ``seq`` rises by one per delivered frame, across reconnects and file loops.
+    * Failure (open, read, stall, internal bug) -> close, mark down once, reconnect after
+      ``uniform(0, min(backoff_max, backoff_initial * 2**(n-1)))`` seconds (full jitter;
+      ``n`` = consecutive failures, reset by a delivered frame).
+    * ``fps_limit``: every frame is grabbed, only due ones are decoded; the others count
+      as ``frames_dropped{reason="fps_limit"}``. Due times advance by exactly 1/fps_limit,
+      so the average rate is right whatever the source rate. Files are sampled on media
+      time (frame index / file fps), live sources on ``clock()``.
+    * Files: ``realtime`` paces grabs at the file's fps; ``loop`` reopens at EOF; otherwise
+      EOF closes the queue and the thread ends (the camera is ended, not down).
+    """
+
+    def __init__(
+        self,
+        camera: str,
+        source_factory: Callable[[], FrameSource],
+        queue: CameraQueue,
+        stop: threading.Event,
+        metrics: Metrics | None,
+        *,
+        fps_limit: float | None = None,
+        loop: bool = False,
+        realtime: bool = True,
+        stall_timeout_s: float = 10.0,
+        on_state: Callable[[str, bool], None] | None = None,
+        backoff_initial: float = 1.0,
+        backoff_max: float = 30.0,
+        clock: Callable[[], float] = time.monotonic,
+        wait: Callable[[float], bool] | None = None,
+        rng: random.Random | None = None,
+    ) -> None:
+        super().__init__(name=f"capture:{camera}", daemon=True)
+        if fps_limit is not None and fps_limit <= 0:
+            raise ValueError(f"fps_limit must be > 0 or None (got {fps_limit})")
+        if stall_timeout_s <= 0:
+            raise ValueError(f"stall_timeout_s must be > 0 (got {stall_timeout_s})")
+        if not 0 < backoff_initial <= backoff_max:
+            raise ValueError(
+                f"need 0 < backoff_initial <= backoff_max (got {backoff_initial}, {backoff_max})"
+            )
+        self.camera = camera
+        self._source_factory = source_factory
+        self._queue = queue
+        self._stop_event = stop
+        self._fps_limit = fps_limit
+        self._loop = loop
+        self._realtime = realtime
+        self._stall_timeout_s = stall_timeout_s
+        self._on_state = on_state
+        self._backoff_initial = backoff_initial
+        self._backoff_max = backoff_max
+        self._clock = clock
+        self._wait = wait if wait is not None else stop.wait
+        self._rng = rng if rng is not None else random.Random()
+
+        self._seq = 0
+        self._up: bool | None = None  # None until the first success or failure
+        self._failures = 0  # consecutive failed sessions
+        self._media_frames = 0  # frames grabbed from a file, across loops (media clock)
+        self._next_due: float | None = None  # fps_limit sampling
+        self._decode_failing_since: float | None = None
+
+        self._metrics = metrics
+        self._m_captured: Counter | None = None
+        self._m_up: Gauge | None = None
+        self._m_fps_drop: Counter | None = None
+        self._m_reconnects: Counter | None = None
+        if metrics is not None:
+            metrics.init_camera(camera)
+            self._m_captured = metrics.frames_captured.labels(camera=camera)
+            self._m_up = metrics.camera_up.labels(camera=camera)
+            self._m_fps_drop = metrics.frames_dropped.labels(camera=camera, reason="fps_limit")
+            self._m_reconnects = metrics.camera_reconnects.labels(camera=camera)
+
+    # ------------------------------------------------------------------ thread body
+
+    def run(self) -> None:
+        try:
+            self._run()
+        except Exception:
+            # Only a bug in this loop itself gets here (sessions catch everything).
+            log.critical("capture thread for camera %s crashed; stopping", self.camera, exc_info=True)
+            self._stop_event.set()
+
+    def _run(self) -> None:
+        while not self._stop_event.is_set():
+            try:
+                outcome = self._session()
+            except Exception as exc:
+                if self._stop_event.is_set():
+                    return  # a read cut short by shutdown is not a camera failure
+                if isinstance(exc, _Failure):
+                    self._failed(exc.kind, str(exc), exc_info=False)
+                elif isinstance(exc, CaptureError):  # from the source's grab/retrieve
+                    self._failed("read", str(exc), exc_info=False)
+                else:  # a bug: log the traceback, but keep this camera (and the others) going
+                    reason = f"unexpected {type(exc).__name__}: {_one_line(exc)}"
+                    self._failed("internal", reason, exc_info=True)
+            else:
+                if outcome == "stopped":
+                    return
+                if outcome == "ended":
+                    self._queue.close()
+                    self._set_up_gauge(0)
+                    log.info("camera %s: end of file (%d frames delivered in all)", self.camera, self._seq)
+                    return
+                continue  # "loop": reopen the file straight away
+            # failed: back off, then reconnect
+            cap = min(self._backoff_max, self._backoff_initial * 2 ** (self._failures - 1))
+            if self._wait(self._rng.uniform(0.0, cap)) or self._stop_event.is_set():
+                return
+            if self._m_reconnects is not None:
+                self._m_reconnects.inc()
+
+    def _session(self) -> str:
+        """Open a source and read it. Returns "stopped", "ended" or "loop"; raises on failure."""
+        source = self._source_factory()
+        try:
+            try:
+                source.open()
+            except _Failure:
+                raise
+            except CaptureError as exc:  # the source's one-line reason names the URL
+                raise _Failure("open", str(exc)) from exc
+            return self._read(source)
+        finally:
+            try:
+                source.close()
+            except Exception:
+                log.debug("camera %s: error closing source", self.camera, exc_info=True)
+
+    def _read(self, source: FrameSource) -> str:
+        clock, stall = self._clock, self._stall_timeout_s
+        is_file = source.is_file
+        fps = source.fps
+        pace = is_file and self._realtime
+        period = 1.0 / (fps or _DEFAULT_FILE_FPS)
+        if pace and fps is None:
+            log.warning("camera %s: file has no frame rate; pacing at %g fps", self.camera, _DEFAULT_FILE_FPS)
+        limit_period = 1.0 / self._fps_limit if self._fps_limit else None
+        anchor = clock()
+        grabbed = 0  # frames grabbed in this session
+        delivered = 0
+        last_progress = clock()
+
+        while not self._stop_event.is_set():
+            if pace:
+                delay = anchor + grabbed * period - clock()
+                if delay > 0:
+                    if self._wait(delay):
+                        return "stopped"
+                elif delay < -1.0:  # fell far behind (slow decode): don't burst to catch up
+                    anchor = clock() - grabbed * period
+                last_progress = clock()
+
+            if not source.grab():
+                if is_file:
+                    if grabbed == 0 and self._loop:
+                        raise _Failure("read", f"camera {self.camera}: file gave no frames")
+                    return "loop" if self._loop else "ended"
+                raise _Failure("read", f"camera {self.camera}: read failed (stream ended or timed out)")
+            now = clock()
+            t_mono_ns, t_wall = time.monotonic_ns(), time.time()
+            if now - last_progress > stall:
+                raise _Failure("stall", f"camera {self.camera}: no frame for {now - last_progress:.1f} s")
+            last_progress = now
+            grabbed += 1
+
+            if is_file and fps is not None:
+                media_t = self._media_frames / fps
+                self._media_frames += 1
+            else:
+                media_t = now
+            if limit_period is not None and not self._due(media_t, limit_period):
+                if self._m_fps_drop is not None:
+                    self._m_fps_drop.inc()
+                continue
+
+            image = source.retrieve()
+            if image is None:
+                self._count_error("decode")
+                now = clock()
+                if self._decode_failing_since is None:
+                    self._decode_failing_since = now  # kept across file loops
+                elif now - self._decode_failing_since > stall:
+                    raise _Failure(
+                        "stall", f"camera {self.camera}: every frame failed to decode for {stall:g} s"
+                    )
+                continue
+            self._decode_failing_since = None
+
+            frame = Frame(self.camera, self._seq, t_mono_ns, t_wall, image)
+            self._seq += 1
+            delivered += 1
+            if self._m_captured is not None:
+                self._m_captured.inc()
+            if delivered == 1:
+                self._became_up(source, image)
+            if not self._queue.put(frame):
+                return "stopped"  # queue closed or stop set
+            last_progress = clock()  # time blocked in a back-pressured put is not a stall
+        return "stopped"
+
+    def _due(self, t: float, period: float) -> bool:
+        """fps_limit sampling: True when the frame at time ``t`` should be decoded."""
+        due = self._next_due
+        if due is None or t - due > period:  # first frame, or a gap: restart the schedule
+            self._next_due = t + period
+            return True
+        if t + _DUE_EPSILON_S >= due:
+            self._next_due = due + period  # exact increments keep the average rate right
+            return True
+        return False
+
+    # ------------------------------------------------------------------ state
+
+    def _became_up(self, source: FrameSource, image: np.ndarray) -> None:
+        self._failures = 0
+        self._set_up_gauge(1)
+        if self._up is not True:
+            self._up = True
+            log.info(
+                "camera %s up: %dx%d%s",
+                self.camera, image.shape[1], image.shape[0],
+                f" @ {source.fps:g} fps" if source.fps else "",
+            )
+            self._notify(True)
+
+    def _failed(self, kind: str, reason: str, *, exc_info: bool) -> None:
+        self._failures += 1
+        self._count_error(kind)
+        self._set_up_gauge(0)
+        self._next_due = None
+        self._decode_failing_since = None
+        if self._up is not False:
+            self._up = False
+            log.warning("camera %s down: %s; reconnecting with backoff", self.camera, reason)
+            self._notify(False)
+            if exc_info:
+                log.error("camera %s: unexpected error in capture", self.camera, exc_info=True)
+        elif exc_info:
+            log.error("camera %s: unexpected error in capture (again)", self.camera, exc_info=True)
+        else:
+            log.debug("camera %s still down: %s", self.camera, reason)
+
+    def _notify(self, up: bool) -> None:
+        if self._on_state is None:
+            return
+        try:
+            self._on_state(self.camera, up)
+        except Exception:
+            log.exception("camera %s: on_state callback failed", self.camera)
+
+    def _count_error(self, kind: str) -> None:
+        if self._metrics is not None:
+            self._metrics.capture_errors.labels(camera=self.camera, kind=kind).inc()
+
+    def _set_up_gauge(self, value: int) -> None:
+        if self._m_up is not None:
+            self._m_up.set(value)

@@ -1,0 +1,170 @@
+"""Bounded newest-frame queues, one per camera, served round-robin to inference workers.
+
+All queues of a ``FrameHub`` share one condition variable, so a worker blocked in
+``FrameHub.get()`` wakes for a frame from any camera, and cameras take turns: a flooded
+camera never starves the others (a stalled one simply has nothing to give).
+
+A live camera's queue drops its OLDEST frame when full (no lag builds up); a file read
+with ``realtime: false`` uses back-pressure instead (``put`` waits, nothing is dropped).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import deque
+
+from edgedet.metrics import Metrics
+from edgedet.types import Frame
+
+# Longest single wait on the condition: bounds how long a stop Event (which cannot notify
+# the condition) goes unnoticed by a blocked get()/put().
+_WAIT_SLICE_S = 0.05
+
+
+class CameraQueue:
+    """One camera's bounded queue. Create it with ``FrameHub.add_camera``."""
+
+    def __init__(self, hub: FrameHub, name: str, maxsize: int, backpressure: bool) -> None:
+        self._hub = hub
+        self.name = name
+        self.maxsize = maxsize
+        self.backpressure = backpressure
+        self._frames: deque[Frame] = deque()
+        self._closed = False
+        m = hub._metrics
+        self._drop_counter = m.frames_dropped.labels(camera=name, reason="queue_full") if m else None
+        self._depth_gauge = m.queue_depth.labels(camera=name) if m else None
+
+    def put(self, frame: Frame) -> bool:
+        """Queue ``frame``; return False when it was not queued (queue closed, hub stopped).
+
+        Full, no back-pressure: the oldest queued frame is dropped and counted as
+        ``frames_dropped{reason="queue_full"}``. Full with back-pressure: wait (in bounded
+        slices, watching stop) until a worker takes a frame; never drops.
+        """
+        if frame.camera != self.name:
+            raise ValueError(f"frame for camera {frame.camera!r} put into queue {self.name!r}")
+        hub = self._hub
+        with hub._cond:
+            while True:
+                if self._closed or hub._closed or hub._stop.is_set():
+                    return False
+                if len(self._frames) < self.maxsize:
+                    break
+                if not self.backpressure:
+                    self._frames.popleft()
+                    if self._drop_counter is not None:
+                        self._drop_counter.inc()
+                    break
+                hub._cond.wait(_WAIT_SLICE_S)
+            self._frames.append(frame)
+            self._update_depth()
+            hub._cond.notify_all()
+            return True
+
+    def close(self) -> None:
+        """Mark the camera ended (EOF). Frames already queued are still delivered. Final."""
+        with self._hub._cond:
+            self._closed = True
+            self._hub._cond.notify_all()
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def __len__(self) -> int:
+        with self._hub._cond:
+            return len(self._frames)
+
+    def _update_depth(self) -> None:  # caller holds the hub lock
+        if self._depth_gauge is not None:
+            self._depth_gauge.set(len(self._frames))
+
+
+class FrameHub:
+    """The set of camera queues that inference workers read from."""
+
+    def __init__(self, stop: threading.Event, metrics: Metrics | None = None) -> None:
+        self._stop = stop
+        self._metrics = metrics
+        self._cond = threading.Condition()
+        self._queues: list[CameraQueue] = []
+        self._by_name: dict[str, CameraQueue] = {}
+        self._next = 0  # index of the camera served first by the next get()
+        self._closed = False
+
+    def add_camera(self, name: str, maxsize: int = 1, backpressure: bool = False) -> CameraQueue:
+        if maxsize < 1:
+            raise ValueError(f"queue maxsize must be >= 1 (got {maxsize})")
+        with self._cond:
+            if name in self._by_name:
+                raise ValueError(f"camera {name!r} already has a queue")
+            if self._metrics is not None:
+                self._metrics.init_camera(name)
+            queue = CameraQueue(self, name, maxsize, backpressure)
+            self._queues.append(queue)
+            self._by_name[name] = queue
+            return queue
+
+    def get(self, timeout: float | None) -> Frame | None:
+        """Next frame, round-robin over cameras that have one.
+
+        Returns None on timeout, when the stop Event is set or the hub is closed. A None
+        with ``ended()`` True means no frame will ever come again.
+        """
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with self._cond:
+            while True:
+                if self._closed or self._stop.is_set():
+                    return None
+                frame = self._take_round_robin()
+                if frame is not None:
+                    self._cond.notify_all()  # a back-pressured put may proceed
+                    return frame
+                if deadline is None:
+                    wait = _WAIT_SLICE_S
+                else:
+                    remaining = deadline - time.monotonic()
+                    if remaining <= 0:
+                        return None
+                    wait = min(remaining, _WAIT_SLICE_S)
+                self._cond.wait(wait)
+
+    def _take_round_robin(self) -> Frame | None:  # caller holds the lock
+        count = len(self._queues)
+        for offset in range(count):
+            index = (self._next + offset) % count
+            queue = self._queues[index]
+            if queue._frames:
+                frame = queue._frames.popleft()
+                queue._update_depth()
+                self._next = (index + 1) % count
+                return frame
+        return None
+
+    def ended(self) -> bool:
+        """True when the hub is closed, or every camera queue is closed and empty.
+
+        (With no cameras at all this is True: nothing will ever arrive.)
+        """
+        with self._cond:
+            if self._closed:
+                return True
+            return all(q._closed and not q._frames for q in self._queues)
+
+    def close(self) -> None:
+        """Shut the hub: every blocked ``get``/``put`` returns at once (None / False)."""
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
+
+    def depth(self, name: str) -> int:
+        """Frames waiting for camera ``name`` (KeyError for an unknown camera)."""
+        with self._cond:
+            return len(self._by_name[name]._frames)
+
+    @property
+    def cameras(self) -> list[str]:
+        with self._cond:
+            return [q.name for q in self._queues]

@@ -1,0 +1,145 @@
+"""Inference worker threads: frame -> preprocess -> forward -> decode -> sink.
+
+N workers share one loaded detector (a TorchScript forward releases the GIL, so they run in
+parallel) and take frames round-robin from the ``FrameHub``. Each worker owns its
+preprocessing buffers.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+from edgedet.framequeue import FrameHub
+from edgedet.metrics import Metrics
+from edgedet.model import Detector
+from edgedet.postprocess import decode
+from edgedet.preprocess import Preprocessor
+from edgedet.types import Detections, Frame
+
+log = logging.getLogger(__name__)
+
+Sink = Callable[[Detections, Frame], None]
+
+
+@dataclass(frozen=True, slots=True)
+class DecodeOptions:
+    conf: float = 0.25
+    iou: float = 0.7
+    classes: Sequence[int] | None = None
+    max_det: int = 300
+
+
+def thread_layout(cores: int | None = None, count: int | None = None, threads: int | None = None) -> tuple[int, int]:
+    """Default ``(workers, torch threads per worker)`` for a box with ``cores`` cores.
+
+    Rule: one intra-op thread per core in total, at most 4 per worker (beyond 4 the forward
+    scales poorly), so 2 cores -> 1 x 2, 4 cores -> 1 x 4, 8 cores -> 2 x 4.
+    Explicit ``count`` / ``threads`` win; the other is derived to fill the cores.
+    """
+    cores = max(1, cores or os.cpu_count() or 1)
+    if count and threads:
+        return count, threads
+    if count:
+        return count, max(1, cores // count)
+    per_worker = threads or min(cores, 4)
+    return max(1, cores // per_worker), per_worker
+
+
+class InferenceWorker(threading.Thread):
+    """One worker thread. Any unexpected exception is logged, recorded and stops the daemon."""
+
+    def __init__(
+        self,
+        index: int,
+        hub: FrameHub,
+        detector: Detector,
+        stop: threading.Event,
+        sink: Sink,
+        metrics: Metrics | None = None,
+        options: DecodeOptions | None = None,
+        poll_s: float = 0.2,
+    ) -> None:
+        super().__init__(name=f"infer:{index}", daemon=True)
+        self.hub = hub
+        self.detector = detector
+        self.stop_event = stop
+        self.sink = sink
+        self.metrics = metrics
+        self.options = options or DecodeOptions()
+        self.poll_s = poll_s
+        self.error: BaseException | None = None
+        self.processed = 0
+        info = detector.info
+        self._pre = Preprocessor(*info.imgsz, dtype=getattr(detector, "np_dtype", None) or _float32())
+
+    def run(self) -> None:
+        try:
+            while True:
+                frame = self.hub.get(timeout=self.poll_s)
+                if frame is None:
+                    if self.stop_event.is_set() or self.hub.ended():
+                        return
+                    continue
+                self.process(frame)
+        except BaseException as exc:  # noqa: BLE001 - a crashed worker must stop the daemon loudly
+            self.error = exc
+            log.exception("inference worker %s crashed; stopping edgedet", self.name)
+            self.stop_event.set()
+
+    def process(self, frame: Frame) -> Detections:
+        m = self.metrics
+        t_deq = time.monotonic_ns()
+        if m:
+            m.workers_busy.inc()
+        try:
+            tensor, geo = self._pre(frame.image)
+            t_pre = time.monotonic_ns()
+            raw = self.detector.infer(tensor)
+            t_inf = time.monotonic_ns()
+            o = self.options
+            items = decode(raw, geo, self.detector.info.names, conf=o.conf, iou=o.iou, classes=o.classes,
+                           max_det=o.max_det)
+            t_post = time.monotonic_ns()
+        finally:
+            if m:
+                m.workers_busy.dec()
+        timings = {
+            "queue_wait": (t_deq - frame.t_mono_ns) / 1e9,
+            "preprocess": (t_pre - t_deq) / 1e9,
+            "inference": (t_inf - t_pre) / 1e9,
+            "postprocess": (t_post - t_inf) / 1e9,
+        }
+        dets = Detections(
+            camera=frame.camera,
+            seq=frame.seq,
+            t_mono_ns=frame.t_mono_ns,
+            t_wall=frame.t_wall,
+            width=int(frame.image.shape[1]),
+            height=int(frame.image.shape[0]),
+            model=self.detector.info.name,
+            items=items,
+            timings=timings,
+        )
+        if m:
+            cam = frame.camera
+            m.queue_wait.labels(camera=cam).observe(timings["queue_wait"])
+            m.preprocess.labels(camera=cam).observe(timings["preprocess"])
+            m.inference.labels(camera=cam).observe(timings["inference"])
+            m.postprocess.labels(camera=cam).observe(timings["postprocess"])
+            m.frames_processed.labels(camera=cam).inc()
+            for det in items:
+                m.detections.labels(camera=cam, label=det.label).inc()
+        self.sink(dets, frame)
+        self.processed += 1
+        return dets
+
+
+def _float32() -> type:
+    import numpy as np
+
+    return np.float32

@@ -1,0 +1,737 @@
+from __future__ import annotations
+
+import logging
+import os
+import random
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+from prometheus_client import CollectorRegistry
+
+from edgedet.capture import CaptureWorker, FrameSource, OpenCvSource, mask_url
+from edgedet.errors import CaptureError
+from edgedet.framequeue import CameraQueue, FrameHub
+from edgedet.metrics import Metrics
+from edgedet.types import Frame
+
+DEADLINE_S = 10.0
+CAM = "gate"
+
+
+# ----------------------------------------------------------------------------- fixtures
+
+
+@pytest.fixture(autouse=True)
+def no_leaked_threads() -> Iterator[None]:
+    before = set(threading.enumerate())
+    yield
+    leaked = [t.name for t in threading.enumerate() if t not in before and t.is_alive()]
+    assert not leaked, f"threads leaked: {leaked}"
+
+
+@pytest.fixture
+def registry() -> CollectorRegistry:
+    return CollectorRegistry()
+
+
+@pytest.fixture
+def metrics(registry: CollectorRegistry) -> Metrics:
+    return Metrics(registry)
+
+
+@pytest.fixture
+def stop() -> Iterator[threading.Event]:
+    event = threading.Event()
+    yield event
+    event.set()
+
+
+@pytest.fixture
+def workers(stop: threading.Event) -> Iterator[list[CaptureWorker]]:
+    """Workers started by a test; stopped and joined (with a deadline) at teardown."""
+    started: list[CaptureWorker] = []
+    yield started
+    stop.set()
+    for worker in started:
+        worker.join(DEADLINE_S)
+        assert not worker.is_alive(), f"{worker.name} did not stop"
+
+
+def value(registry: CollectorRegistry, name: str, **labels: str) -> float:
+    got = registry.get_sample_value(name, {"camera": CAM, **labels})
+    assert got is not None, f"no sample {name}{labels}"
+    return got
+
+
+def write_video(path: Path, frames: int = 30, fps: float = 30.0) -> Path:
+    """MJPG AVI, 64x48; frame i is uniformly grey level i*8, so its index can be read back."""
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter.fourcc(*"MJPG"), fps, (64, 48))
+    assert writer.isOpened()
+    for i in range(frames):
+        writer.write(np.full((48, 64, 3), i * 8, np.uint8))
+    writer.release()
+    return path
+
+
+def index_of(frame: Frame) -> int:
+    return round(float(frame.image.mean()) / 8)
+
+
+def collect_until_ended(hub: FrameHub, limit: int = 10_000) -> list[Frame]:
+    deadline = time.monotonic() + DEADLINE_S
+    got: list[Frame] = []
+    while len(got) < limit:
+        frame = hub.get(timeout=0.1)
+        if frame is not None:
+            got.append(frame)
+        elif hub.ended():
+            break
+        assert time.monotonic() < deadline, f"no end of stream after {len(got)} frames"
+    return got
+
+
+def collect(hub: FrameHub, count: int) -> list[Frame]:
+    deadline = time.monotonic() + DEADLINE_S
+    got: list[Frame] = []
+    while len(got) < count:
+        frame = hub.get(timeout=0.1)
+        if frame is not None:
+            got.append(frame)
+        assert time.monotonic() < deadline, f"only {len(got)} of {count} frames"
+    return got
+
+
+# ----------------------------------------------------------------------------- fakes
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+class FakeSource:
+    """A FrameSource with a scripted behaviour (implements the protocol; no mocks)."""
+
+    def __init__(
+        self,
+        *,
+        open_error: str | None = None,
+        frames: int | None = 0,
+        is_file: bool = False,
+        fps: float | None = 25.0,
+        on_grab: Callable[[int], None] | None = None,
+        decodes: bool = True,
+        grab_raises: BaseException | None = None,
+    ) -> None:
+        self.open_error = open_error
+        self.frames = frames  # good grabs before grab() returns False; None = endless
+        self._is_file = is_file
+        self._fps = fps
+        self.on_grab = on_grab
+        self.decodes = decodes
+        self.grab_raises = grab_raises
+        self.grabs = 0
+        self.opened = False
+        self.closed = False
+
+    @property
+    def fps(self) -> float | None:
+        return self._fps
+
+    @property
+    def is_file(self) -> bool:
+        return self._is_file
+
+    def open(self) -> None:
+        if self.open_error is not None:
+            raise CaptureError(self.open_error)
+        self.opened = True
+
+    def grab(self) -> bool:
+        if self.grab_raises is not None:
+            raise self.grab_raises
+        if self.frames is not None and self.grabs >= self.frames:
+            return False
+        if self.on_grab is not None:
+            self.on_grab(self.grabs)
+        self.grabs += 1
+        return True
+
+    def retrieve(self) -> np.ndarray | None:
+        if not self.decodes:
+            return None
+        return np.full((4, 4, 3), self.grabs % 256, np.uint8)
+
+    def close(self) -> None:
+        self.closed = True
+
+
+class Script:
+    """source_factory returning the scripted sources in turn, then repeating the last one."""
+
+    def __init__(self, *makers: Callable[[], FakeSource]) -> None:
+        self.makers = list(makers)
+        self.made: list[FakeSource] = []
+
+    def __call__(self) -> FrameSource:
+        maker = self.makers.pop(0) if len(self.makers) > 1 else self.makers[0]
+        source = maker()
+        self.made.append(source)
+        return source
+
+
+class RecordingWait:
+    """The worker's wait function: records each delay without waiting; from call number
+    ``block_at`` on it blocks on ``stop`` instead, and sets ``reached``."""
+
+    def __init__(self, stop: threading.Event, block_at: int) -> None:
+        self.stop = stop
+        self.block_at = block_at
+        self.delays: list[float] = []
+        self.reached = threading.Event()
+
+    def __call__(self, delay: float) -> bool:
+        self.delays.append(delay)
+        if len(self.delays) >= self.block_at:
+            self.reached.set()
+            return self.stop.wait(DEADLINE_S * 3)
+        return self.stop.is_set()
+
+
+class States:
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, bool]] = []
+        self.lock = threading.Lock()
+
+    def __call__(self, camera: str, up: bool) -> None:
+        with self.lock:
+            self.calls.append((camera, up))
+
+
+def make_worker(
+    workers: list[CaptureWorker],
+    factory: Callable[[], FrameSource],
+    queue: CameraQueue,
+    stop: threading.Event,
+    metrics: Metrics | None,
+    **kwargs: object,
+) -> CaptureWorker:
+    worker = CaptureWorker(CAM, factory, queue, stop, metrics, **kwargs)  # type: ignore[arg-type]
+    workers.append(worker)
+    worker.start()
+    return worker
+
+
+# ----------------------------------------------------------------------------- files
+
+
+def test_file_to_eof_with_backpressure_delivers_every_frame_in_order(
+    tmp_path: Path, stop: threading.Event, registry: CollectorRegistry, metrics: Metrics,
+    workers: list[CaptureWorker],
+) -> None:
+    path = write_video(tmp_path / "clip.avi")
+    hub = FrameHub(stop, metrics)
+    queue = hub.add_camera(CAM, maxsize=2, backpressure=True)
+    states = States()
+    worker = make_worker(
+        workers, lambda: OpenCvSource(str(path), "file"), queue, stop, metrics,
+        realtime=False, on_state=states,
+    )
+    frames = collect_until_ended(hub)
+    worker.join(DEADLINE_S)
+    assert not worker.is_alive()
+    assert [f.seq for f in frames] == list(range(30))
+    assert [index_of(f) for f in frames] == list(range(30))
+    assert all(f.camera == CAM and f.image.shape == (48, 64, 3) for f in frames)
+    assert [f.t_mono_ns for f in frames] == sorted(f.t_mono_ns for f in frames)
+    assert queue.closed and hub.ended()
+    assert states.calls == [(CAM, True)]  # ended, not down
+    assert value(registry, "edgedet_frames_captured_total") == 30
+    assert value(registry, "edgedet_frames_dropped_total", reason="queue_full") == 0
+    assert value(registry, "edgedet_camera_up") == 0
+    assert value(registry, "edgedet_camera_reconnects_total") == 0
+
+
+def test_file_loop_keeps_seq_rising_across_wrap(
+    tmp_path: Path, stop: threading.Event, registry: CollectorRegistry, metrics: Metrics,
+    workers: list[CaptureWorker],
+) -> None:
+    path = write_video(tmp_path / "clip.avi")
+    hub = FrameHub(stop, metrics)
+    queue = hub.add_camera(CAM, maxsize=2, backpressure=True)
+    make_worker(
+        workers, lambda: OpenCvSource(str(path), "file"), queue, stop, metrics, realtime=False, loop=True
+    )
+    frames = collect(hub, 75)
+    assert [f.seq for f in frames] == list(range(75))
+    assert [index_of(f) for f in frames] == [i % 30 for i in range(75)]
+    assert not queue.closed
+    assert value(registry, "edgedet_camera_up") == 1
+    assert value(registry, "edgedet_camera_reconnects_total") == 0
+
+
+def test_loop_with_fps_limit_longer_than_the_file(
+    tmp_path: Path, stop: threading.Event, registry: CollectorRegistry, metrics: Metrics,
+    workers: list[CaptureWorker],
+) -> None:
+    # 3 frames (0.1 s) per pass, one frame wanted per 0.5 s of media time: most passes
+    # deliver nothing, which must not count as a failure.
+    path = write_video(tmp_path / "short.avi", frames=3, fps=30.0)
+    hub = FrameHub(stop, metrics)
+    queue = hub.add_camera(CAM, maxsize=2, backpressure=True)
+    make_worker(
+        workers, lambda: OpenCvSource(str(path), "file"), queue, stop, metrics,
+        realtime=False, loop=True, fps_limit=2,
+    )
+    frames = collect(hub, 3)
+    assert [f.seq for f in frames] == [0, 1, 2]
+    assert [index_of(f) for f in frames] == [0, 0, 0]  # every 15th media frame = 5 passes of 3
+    assert value(registry, "edgedet_capture_errors_total", kind="read") == 0
+    assert value(registry, "edgedet_camera_reconnects_total") == 0
+
+
+def test_fps_limit_on_realtime_file(
+    tmp_path: Path, stop: threading.Event, registry: CollectorRegistry, metrics: Metrics,
+    workers: list[CaptureWorker],
+) -> None:
+    path = write_video(tmp_path / "clip.avi", frames=30, fps=30.0)
+    hub = FrameHub(stop, metrics)
+    queue = hub.add_camera(CAM, maxsize=64)  # big enough: nothing dropped by the queue
+    make_worker(
+        workers, lambda: OpenCvSource(str(path), "file"), queue, stop, metrics, realtime=True, fps_limit=10
+    )
+    frames = collect_until_ended(hub)
+    assert 8 <= len(frames) <= 12
+    span_s = (frames[-1].t_mono_ns - frames[0].t_mono_ns) / 1e9
+    rate = (len(frames) - 1) / span_s
+    assert 6.0 <= rate <= 15.0, f"{len(frames)} frames over {span_s:.2f} s"
+    assert [f.seq for f in frames] == list(range(len(frames)))
+    captured = value(registry, "edgedet_frames_captured_total")
+    skipped = value(registry, "edgedet_frames_dropped_total", reason="fps_limit")
+    assert captured == len(frames) and captured + skipped == 30
+
+
+def test_realtime_file_is_paced_at_its_fps(
+    tmp_path: Path, stop: threading.Event, metrics: Metrics, workers: list[CaptureWorker]
+) -> None:
+    path = write_video(tmp_path / "clip.avi", frames=15, fps=30.0)
+    hub = FrameHub(stop, metrics)
+    queue = hub.add_camera(CAM, maxsize=64)
+    make_worker(workers, lambda: OpenCvSource(str(path), "file"), queue, stop, metrics, realtime=True)
+    frames = collect_until_ended(hub)
+    assert len(frames) == 15
+    span_s = (frames[-1].t_mono_ns - frames[0].t_mono_ns) / 1e9
+    assert 0.3 <= span_s <= 2.0  # 14 intervals at 30 fps = 0.47 s
+
+
+def test_missing_file_reconnects_with_backoff_and_stays_down(
+    tmp_path: Path, stop: threading.Event, registry: CollectorRegistry, metrics: Metrics,
+    workers: list[CaptureWorker], caplog: pytest.LogCaptureFixture,
+) -> None:
+    hub = FrameHub(stop, metrics)
+    queue = hub.add_camera(CAM)
+    reached = threading.Event()
+    calls = []
+
+    def wait(delay: float) -> bool:  # really waits (stop.wait), counts calls
+        calls.append(delay)
+        if len(calls) >= 4:
+            reached.set()
+        return stop.wait(delay)
+
+    states = States()
+    with caplog.at_level(logging.INFO, logger="edgedet.capture"):
+        worker = make_worker(
+            workers, lambda: OpenCvSource(str(tmp_path / "missing.avi"), "file"), queue, stop, metrics,
+            backoff_initial=0.01, backoff_max=0.02, wait=wait, on_state=states,
+        )
+        assert reached.wait(DEADLINE_S)
+        assert value(registry, "edgedet_camera_reconnects_total") >= 3
+        assert value(registry, "edgedet_capture_errors_total", kind="open") >= 4
+        assert value(registry, "edgedet_camera_up") == 0
+        stop.set()
+        worker.join(2.0)
+    assert not worker.is_alive()
+    assert states.calls == [(CAM, False)]
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert warnings == [f"camera {CAM} down: cannot open {tmp_path / 'missing.avi'}: no such file; "
+                        "reconnecting with backoff"]  # logged once, not per retry
+    assert not queue.closed  # down, not ended
+
+
+# ----------------------------------------------------------------------------- fakes: backoff, state
+
+
+def test_backoff_sequence_resets_after_a_frame_and_state_changes(
+    stop: threading.Event, registry: CollectorRegistry, metrics: Metrics, workers: list[CaptureWorker]
+) -> None:
+    hub = FrameHub(stop, metrics)
+    queue = hub.add_camera(CAM, maxsize=10)
+    script = Script(
+        lambda: FakeSource(open_error="cannot open fake://cam: refused"),
+        lambda: FakeSource(open_error="cannot open fake://cam: refused"),
+        lambda: FakeSource(open_error="cannot open fake://cam: refused"),
+        lambda: FakeSource(frames=2),  # two frames, then a read failure
+        lambda: FakeSource(open_error="cannot open fake://cam: refused"),
+    )
+    waiter = RecordingWait(stop, block_at=6)
+    states = States()
+    make_worker(
+        workers, script, queue, stop, metrics, backoff_initial=0.01, backoff_max=0.03,
+        wait=waiter, rng=random.Random(42), on_state=states,
+    )
+    assert waiter.reached.wait(DEADLINE_S)
+    caps = [0.01, 0.02, 0.03, 0.01, 0.02, 0.03]  # doubling, capped, reset by the frames
+    expected_rng = random.Random(42)
+    assert waiter.delays == pytest.approx([expected_rng.uniform(0.0, cap) for cap in caps])
+    assert states.calls == [(CAM, False), (CAM, True), (CAM, False)]
+    assert value(registry, "edgedet_camera_reconnects_total") == 5
+    assert value(registry, "edgedet_capture_errors_total", kind="open") == 5
+    assert value(registry, "edgedet_capture_errors_total", kind="read") == 1
+    assert value(registry, "edgedet_camera_up") == 0
+    assert [f.seq for f in collect(hub, 2)] == [0, 1]
+    assert all(s.closed for s in script.made)
+
+
+def test_seq_keeps_rising_across_reconnects(
+    stop: threading.Event, metrics: Metrics, workers: list[CaptureWorker]
+) -> None:
+    hub = FrameHub(stop, metrics)
+    queue = hub.add_camera(CAM, maxsize=20)
+    script = Script(lambda: FakeSource(frames=3))
+    waiter = RecordingWait(stop, block_at=3)
+    make_worker(workers, script, queue, stop, metrics, backoff_initial=0.01, wait=waiter)
+    assert waiter.reached.wait(DEADLINE_S)
+    assert [f.seq for f in collect(hub, 9)] == list(range(9))
+
+
+def test_unexpected_exception_is_logged_counted_and_retried(
+    stop: threading.Event, registry: CollectorRegistry, metrics: Metrics, workers: list[CaptureWorker],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    hub = FrameHub(stop, metrics)
+    queue = hub.add_camera(CAM)
+    script = Script(lambda: FakeSource(frames=None, grab_raises=ZeroDivisionError("bug")))
+    waiter = RecordingWait(stop, block_at=2)
+    with caplog.at_level(logging.WARNING, logger="edgedet.capture"):
+        worker = make_worker(workers, script, queue, stop, metrics, backoff_initial=0.01, wait=waiter)
+        assert waiter.reached.wait(DEADLINE_S)
+    assert worker.is_alive()  # still retrying
+    assert value(registry, "edgedet_capture_errors_total", kind="internal") == 2
+    errors = [r for r in caplog.records if r.levelno == logging.ERROR]
+    assert errors and all(r.exc_info and r.exc_info[0] is ZeroDivisionError for r in errors)
+    assert not stop.is_set()  # one camera's bug does not stop the daemon
+
+
+# ----------------------------------------------------------------------------- stall
+
+
+def test_grab_that_blocks_past_stall_timeout_reconnects(
+    stop: threading.Event, registry: CollectorRegistry, metrics: Metrics, workers: list[CaptureWorker]
+) -> None:
+    clock = FakeClock()
+
+    def hang_on_third(n: int) -> None:
+        clock.now += 11.0 if n == 2 else 0.04
+
+    hub = FrameHub(stop, metrics)
+    queue = hub.add_camera(CAM, maxsize=10)
+    script = Script(lambda: FakeSource(frames=None, on_grab=hang_on_third))
+    waiter = RecordingWait(stop, block_at=1)
+    states = States()
+    make_worker(
+        workers, script, queue, stop, metrics, stall_timeout_s=10.0, clock=clock, wait=waiter,
+        on_state=states,
+    )
+    assert waiter.reached.wait(DEADLINE_S)
+    assert value(registry, "edgedet_capture_errors_total", kind="stall") == 1
+    assert value(registry, "edgedet_frames_captured_total") == 2
+    assert states.calls == [(CAM, True), (CAM, False)]
+    assert value(registry, "edgedet_camera_up") == 0
+
+
+def test_grab_that_really_blocks_triggers_stall(
+    stop: threading.Event, registry: CollectorRegistry, metrics: Metrics, workers: list[CaptureWorker]
+) -> None:
+    slow_network = threading.Event()  # never set: each grab takes 0.3 s of real time
+
+    def slow(n: int) -> None:
+        if n >= 1:
+            slow_network.wait(0.3)
+
+    hub = FrameHub(stop, metrics)
+    queue = hub.add_camera(CAM, maxsize=10)
+    waiter = RecordingWait(stop, block_at=1)
+    make_worker(
+        workers, Script(lambda: FakeSource(frames=None, on_grab=slow)), queue, stop, metrics,
+        stall_timeout_s=0.1, wait=waiter,
+    )
+    assert waiter.reached.wait(DEADLINE_S)
+    assert value(registry, "edgedet_capture_errors_total", kind="stall") == 1
+
+
+def test_frames_that_never_decode_trigger_stall(
+    stop: threading.Event, registry: CollectorRegistry, metrics: Metrics, workers: list[CaptureWorker]
+) -> None:
+    clock = FakeClock()
+
+    def tick(n: int) -> None:
+        clock.now += 1.0
+
+    hub = FrameHub(stop, metrics)
+    queue = hub.add_camera(CAM)
+    waiter = RecordingWait(stop, block_at=1)
+    states = States()
+    make_worker(
+        workers, Script(lambda: FakeSource(frames=None, on_grab=tick, decodes=False)), queue, stop, metrics,
+        stall_timeout_s=10.0, clock=clock, wait=waiter, on_state=states,
+    )
+    assert waiter.reached.wait(DEADLINE_S)
+    assert value(registry, "edgedet_capture_errors_total", kind="stall") == 1
+    assert value(registry, "edgedet_capture_errors_total", kind="decode") == 12
+    assert value(registry, "edgedet_frames_captured_total") == 0
+    assert states.calls == [(CAM, False)]
+
+
+def test_fps_limit_on_live_source_gives_the_right_average_rate(
+    stop: threading.Event, registry: CollectorRegistry, metrics: Metrics, workers: list[CaptureWorker]
+) -> None:
+    clock = FakeClock()
+    jitter = random.Random(1)
+
+    def tick(n: int) -> None:  # 25 fps with +-5 ms arrival jitter, 10 s in all
+        clock.now = 1000.0 + n * 0.04 + jitter.uniform(-0.005, 0.005)
+
+    hub = FrameHub(stop, metrics)
+    queue = hub.add_camera(CAM, maxsize=1000)
+    waiter = RecordingWait(stop, block_at=1)
+    make_worker(
+        workers, Script(lambda: FakeSource(frames=250, on_grab=tick)), queue, stop, metrics,
+        fps_limit=5, clock=clock, wait=waiter,
+    )
+    assert waiter.reached.wait(DEADLINE_S)  # the source ran out: read failure
+    captured = value(registry, "edgedet_frames_captured_total")
+    assert 49 <= captured <= 51
+    assert captured + value(registry, "edgedet_frames_dropped_total", reason="fps_limit") == 250
+
+
+# ----------------------------------------------------------------------------- OpenCvSource
+
+
+@pytest.mark.parametrize(
+    ("url", "masked"),
+    [
+        ("rtsp://admin:s3cret@10.0.0.5:554/Streaming/101", "rtsp://admin:***@10.0.0.5:554/Streaming/101"),
+        ("http://cam/snap.mjpg?user=a&password=x&x=1", "http://cam/snap.mjpg?user=a&password=***&x=1"),
+        ("http://tok@cam/x", "http://***@cam/x"),
+        ("rtsp://10.0.0.5/live", "rtsp://10.0.0.5/live"),
+        ("/videos/a.mp4", "/videos/a.mp4"),
+        (0, "0"),
+    ],
+)
+def test_mask_url(url: str | int, masked: str) -> None:
+    assert mask_url(url) == masked
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error"),
+    [
+        ({"kind": "ftp"}, "source kind must be"),
+        ({"transport": "quic"}, "transport must be"),
+        ({"fourcc": "MJPEG"}, "fourcc must have 4"),
+        ({"read_timeout_s": 0}, "timeouts must be > 0"),
+    ],
+)
+def test_opencv_source_rejects_bad_parameters(kwargs: dict, error: str) -> None:
+    args = {"url": "rtsp://h/x", "kind": "rtsp", **kwargs}
+    with pytest.raises(ValueError, match=error):
+        OpenCvSource(**args)
+
+
+def test_opencv_source_reads_file(tmp_path: Path) -> None:
+    path = write_video(tmp_path / "clip.avi", frames=5)
+    source = OpenCvSource(str(path), "file")
+    source.open()
+    try:
+        assert source.is_file and source.fps == pytest.approx(30.0)
+        images = []
+        while source.grab():
+            image = source.retrieve()
+            assert image is not None
+            images.append(round(float(image.mean()) / 8))
+        assert images == [0, 1, 2, 3, 4]
+    finally:
+        source.close()
+
+
+@pytest.mark.parametrize(
+    ("content", "reason"), [(None, "no such file"), (b"not a video" * 100, "not a readable video file")]
+)
+def test_opencv_source_bad_file(tmp_path: Path, content: bytes | None, reason: str) -> None:
+    path = tmp_path / "bad.avi"
+    if content is not None:
+        path.write_bytes(content)
+    with pytest.raises(CaptureError, match=f"^cannot open {path}: {reason}$"):
+        OpenCvSource(str(path), "file").open()
+
+
+class SilentServer:
+    """A TCP listener on loopback that accepts connections and never answers; or, with
+    ``mjpeg_frames``, answers an HTTP GET with that many MJPEG parts and then goes silent."""
+
+    def __init__(self, mjpeg_frames: int | None = None) -> None:
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(4)
+        self.sock.settimeout(0.1)
+        self.port = self.sock.getsockname()[1]
+        self.mjpeg_frames = mjpeg_frames
+        self.done = threading.Event()
+        self.conns: list[socket.socket] = []
+        self.thread = threading.Thread(target=self._serve, name="test-silent-server")
+        self.thread.start()
+
+    def _serve(self) -> None:
+        while not self.done.is_set():
+            try:
+                conn, _ = self.sock.accept()
+            except (TimeoutError, OSError):
+                continue
+            self.conns.append(conn)
+            if self.mjpeg_frames is not None:
+                self._send_mjpeg(conn, self.mjpeg_frames)
+
+    @staticmethod
+    def _send_mjpeg(conn: socket.socket, count: int) -> None:
+        conn.settimeout(2.0)
+        conn.recv(4096)
+        ok, jpg = cv2.imencode(".jpg", np.zeros((48, 64, 3), np.uint8))
+        assert ok
+        data = jpg.tobytes()
+        conn.sendall(b"HTTP/1.0 200 OK\r\nContent-Type: multipart/x-mixed-replace; boundary=f\r\n\r\n")
+        for _ in range(count):
+            part = b"--f\r\nContent-Type: image/jpeg\r\nContent-Length: %d\r\n\r\n" % len(data)
+            conn.sendall(part + data + b"\r\n")
+
+    def close(self) -> None:
+        self.done.set()
+        self.thread.join(DEADLINE_S)
+        for conn in self.conns:
+            conn.close()
+        self.sock.close()
+
+
+@pytest.fixture
+def silent_server() -> Iterator[SilentServer]:
+    server = SilentServer()
+    yield server
+    server.close()
+
+
+@pytest.mark.parametrize("kind", ["rtsp", "http"])
+def test_open_timeout_is_honoured_and_url_masked(silent_server: SilentServer, kind: str) -> None:
+    before = os.environ.get("OPENCV_FFMPEG_CAPTURE_OPTIONS")
+    url = f"{kind}://admin:s3cret@127.0.0.1:{silent_server.port}/stream"
+    source = OpenCvSource(url, kind, open_timeout_s=0.5)  # type: ignore[arg-type]
+    started = time.monotonic()
+    with pytest.raises(CaptureError) as info:
+        source.open()
+    elapsed = time.monotonic() - started
+    assert elapsed < 5.0
+    assert str(info.value) == (
+        f"cannot open {kind}://admin:***@127.0.0.1:{silent_server.port}/stream: no answer within 0.5 s"
+    )
+    assert os.environ.get("OPENCV_FFMPEG_CAPTURE_OPTIONS") == before  # process env restored
+
+
+def test_read_timeout_is_honoured() -> None:
+    server = SilentServer(mjpeg_frames=10)
+    url = f"http://127.0.0.1:{server.port}/x.mjpg"
+    source = OpenCvSource(url, "http", open_timeout_s=3, read_timeout_s=0.5)
+    try:
+        source.open()
+        deadline = time.monotonic() + DEADLINE_S
+        good = 0
+        while True:
+            started = time.monotonic()
+            if not source.grab():
+                break
+            good += 1
+            assert time.monotonic() < deadline
+        assert good >= 1
+        assert time.monotonic() - started < 3.0  # the hung read gave up after ~0.5 s
+    finally:
+        source.close()
+        server.close()
+
+
+class FakeRtspServer:
+    """Answers OPTIONS / DESCRIBE (one MJPEG track), records the SETUP Transport header and
+    refuses it with 461 -- enough to see which transport FFmpeg asked for."""
+
+    SDP = "v=0\r\no=- 0 0 IN IP4 127.0.0.1\r\ns=x\r\nt=0 0\r\nm=video 0 RTP/AVP 26\r\na=control:track1\r\n"
+
+    def __init__(self) -> None:
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(1)
+        self.sock.settimeout(DEADLINE_S)
+        self.port = self.sock.getsockname()[1]
+        self.transports: list[str] = []
+        self.thread = threading.Thread(target=self._serve, name="test-rtsp-server")
+        self.thread.start()
+
+    def _serve(self) -> None:
+        try:
+            conn, _ = self.sock.accept()
+        except OSError:
+            return
+        with conn:
+            conn.settimeout(DEADLINE_S)
+            buffer = b""
+            while data := conn.recv(4096):
+                buffer += data
+                while b"\r\n\r\n" in buffer:
+                    request, buffer = buffer.split(b"\r\n\r\n", 1)
+                    lines = request.decode().split("\r\n")
+                    fields = (line.partition(":") for line in lines[1:])
+                    headers = {k.strip().lower(): v.strip() for k, _, v in fields}
+                    head = f"CSeq: {headers.get('cseq', '1')}\r\n"
+                    method = lines[0].split()[0]
+                    if method == "DESCRIBE":
+                        reply = (f"RTSP/1.0 200 OK\r\n{head}Content-Type: application/sdp\r\n"
+                                 f"Content-Length: {len(self.SDP)}\r\n\r\n{self.SDP}")
+                    elif method == "SETUP":
+                        self.transports.append(headers.get("transport", ""))
+                        reply = f"RTSP/1.0 461 Unsupported Transport\r\n{head}\r\n"
+                    else:
+                        reply = f"RTSP/1.0 200 OK\r\n{head}Public: OPTIONS, DESCRIBE, SETUP, PLAY\r\n\r\n"
+                    conn.sendall(reply.encode())
+
+    def close(self) -> None:
+        self.sock.close()
+        self.thread.join(DEADLINE_S)
+
+
+@pytest.mark.parametrize(("transport", "expected"), [("tcp", "RTP/AVP/TCP;"), ("udp", "RTP/AVP/UDP;")])
+def test_rtsp_transport_reaches_ffmpeg(transport: str, expected: str) -> None:
+    server = FakeRtspServer()
+    try:
+        source = OpenCvSource(
+            f"rtsp://127.0.0.1:{server.port}/x", "rtsp", transport=transport,  # type: ignore[arg-type]
+            open_timeout_s=3,
+        )
+        with pytest.raises(CaptureError, match="cannot open rtsp://127.0.0.1"):
+            source.open()
+    finally:
+        server.close()
+    assert len(server.transports) == 1 and server.transports[0].startswith(expected)

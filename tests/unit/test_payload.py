@@ -1,0 +1,253 @@
+"""to_payload(), the detections JSON Schema, Topics and the publisher's config checks (no broker)."""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import pytest
+
+from edgedet.errors import ConfigError
+from edgedet.publish import MqttPublisher, Topics, load_schema, to_payload
+from edgedet.types import Detection, Detections
+
+T_WALL = 1_700_000_000.1234  # 2023-11-14T22:13:20.123Z
+
+
+@dataclass(frozen=True)
+class FakeTls:
+    ca: str | None = None
+    cert: str | None = None
+    key: str | None = None
+    insecure: bool = False
+
+
+@dataclass(frozen=True)
+class FakeMqtt:
+    host: str = "127.0.0.1"
+    port: int = 1
+    client_id: str | None = None
+    username: str | None = None
+    password: str | None = None
+    password_file: str | None = None
+    tls: FakeTls | None = None
+    topic_prefix: str = "edgedet"
+    qos: int = 1
+    keepalive: int = 60
+    publish_empty: bool = False
+
+
+def make_dets(items: tuple[Detection, ...] | None = None, **over: Any) -> Detections:
+    if items is None:
+        items = (Detection("person", 0, 0.87654, (10.04, 20.06, 30.0, 40.94)),)
+    fields: dict[str, Any] = {
+        "camera": "gate",
+        "seq": 42,
+        "t_mono_ns": 123,
+        "t_wall": T_WALL,
+        "width": 1920,
+        "height": 1080,
+        "model": "yolov8n",
+        "items": items,
+        "timings": {"queue_wait": 0.002, "preprocess": 0.0012345, "inference": 0.0156789,
+                    "postprocess": 0.0005},
+    }
+    fields.update(over)
+    return Detections(**fields)
+
+
+@pytest.fixture(scope="module")
+def validator() -> jsonschema.Draft202012Validator:
+    schema = load_schema()
+    jsonschema.Draft202012Validator.check_schema(schema)
+    return jsonschema.Draft202012Validator(schema)
+
+
+def decode(payload: bytes) -> dict[str, Any]:
+    obj: dict[str, Any] = json.loads(payload)
+    return obj
+
+
+# --------------------------------------------------------------------------- payload
+
+
+def test_payload_exact_values(validator: jsonschema.Draft202012Validator) -> None:
+    payload = to_payload(make_dets(), published_wall=T_WALL + 0.05, capture_to_publish_ms=12.3456)
+    assert b": " not in payload and b", " not in payload  # compact separators
+    msg = decode(payload)
+    validator.validate(msg)
+    assert msg == {
+        "camera": "gate",
+        "seq": 42,
+        "timestamp": "2023-11-14T22:13:20.123Z",
+        "ts": T_WALL,
+        "width": 1920,
+        "height": 1080,
+        "model": "yolov8n",
+        "detections": [{"label": "person", "class_id": 0, "score": 0.8765, "box": [10.0, 20.1, 30.0, 40.9]}],
+        "latency_ms": {"capture_to_publish": 12.35, "preprocess": 1.23, "inference": 15.68,
+                       "postprocess": 0.5, "queue_wait": 2.0},
+    }
+
+
+def test_payload_is_pure() -> None:
+    dets = make_dets()
+    assert to_payload(dets, T_WALL, 1.0) == to_payload(dets, T_WALL + 99, 1.0)
+
+
+def test_empty_detections_are_valid(validator: jsonschema.Draft202012Validator) -> None:
+    msg = decode(to_payload(make_dets(items=()), T_WALL, 3.0))
+    validator.validate(msg)
+    assert msg["detections"] == []
+
+
+@pytest.mark.parametrize(
+    ("t_wall", "expected"),
+    [
+        (0.0, "1970-01-01T00:00:00.000Z"),
+        (0.9999, "1970-01-01T00:00:00.999Z"),  # truncated, never rounded into the next second
+        (1_704_067_199.5, "2023-12-31T23:59:59.500Z"),
+    ],
+)
+def test_timestamp_is_utc_with_milliseconds(t_wall: float, expected: str) -> None:
+    assert decode(to_payload(make_dets(t_wall=t_wall), t_wall, 0.0))["timestamp"] == expected
+
+
+def test_missing_or_non_finite_timings_are_null(validator: jsonschema.Draft202012Validator) -> None:
+    dets = make_dets(timings={"inference": 0.01, "preprocess": math.nan})
+    msg = decode(to_payload(dets, T_WALL, math.inf))
+    validator.validate(msg)
+    assert msg["latency_ms"] == {"capture_to_publish": None, "preprocess": None, "inference": 10.0,
+                                 "postprocess": None, "queue_wait": None}
+
+
+def test_numpy_like_class_id_is_plain_int() -> None:
+    np = pytest.importorskip("numpy")
+    det = Detection("car", np.int64(2), np.float32(0.5), (1.0, 2.0, 3.0, 4.0))
+    assert decode(to_payload(make_dets(items=(det,)), T_WALL, 0.0))["detections"][0]["class_id"] == 2
+
+
+def test_nan_score_is_rejected() -> None:
+    det = Detection("car", 2, math.nan, (1.0, 2.0, 3.0, 4.0))
+    with pytest.raises(ValueError):
+        to_payload(make_dets(items=(det,)), T_WALL, 0.0)
+
+
+# --------------------------------------------------------------------------- schema
+
+
+def _valid_message() -> dict[str, Any]:
+    return decode(to_payload(make_dets(), T_WALL, 1.0))
+
+
+def _drop(key: str) -> Any:
+    def edit(m: dict[str, Any]) -> None:
+        del m[key]
+    return edit
+
+
+@pytest.mark.parametrize(
+    "edit",
+    [
+        pytest.param(_drop("camera"), id="missing-camera"),
+        pytest.param(_drop("timestamp"), id="missing-timestamp"),
+        pytest.param(_drop("latency_ms"), id="missing-latency"),
+        pytest.param(lambda m: m.update(extra=1), id="extra-top-level-field"),
+        pytest.param(lambda m: m["detections"][0].update(track_id=7), id="extra-detection-field"),
+        pytest.param(lambda m: m["detections"][0].update(box=[1, 2, 3]), id="box-of-3"),
+        pytest.param(lambda m: m["detections"][0].update(box=[1, 2, 3, 4, 5]), id="box-of-5"),
+        pytest.param(lambda m: m["detections"][0].update(score=1.5), id="score-above-1"),
+        pytest.param(lambda m: m["detections"][0].pop("label"), id="detection-without-label"),
+        pytest.param(lambda m: m.update(seq=-1), id="negative-seq"),
+        pytest.param(lambda m: m.update(timestamp="2023-11-14 22:13:20"), id="bad-timestamp"),
+        pytest.param(lambda m: m["latency_ms"].pop("inference"), id="missing-latency-stage"),
+    ],
+)
+def test_schema_rejects(edit: Any, validator: jsonschema.Draft202012Validator) -> None:
+    msg = _valid_message()
+    validator.validate(msg)
+    edit(msg)
+    with pytest.raises(jsonschema.ValidationError):
+        validator.validate(msg)
+
+
+def test_load_schema_returns_a_fresh_dict() -> None:
+    first = load_schema()
+    first["required"].clear()
+    assert "camera" in load_schema()["required"]
+
+
+# --------------------------------------------------------------------------- topics
+
+
+def test_topics() -> None:
+    t = Topics("site/edgedet", "pi4")
+    assert t.node_status() == "site/edgedet/pi4/status"
+    assert t.camera_status("gate") == "site/edgedet/pi4/gate/status"
+    assert t.detections("gate") == "site/edgedet/pi4/gate/detections"
+
+
+@pytest.mark.parametrize(
+    ("prefix", "node", "camera", "message"),
+    [
+        ("", "pi", "gate", "prefix must not be empty"),
+        ("a/", "pi", "gate", "empty level"),
+        ("a/+", "pi", "gate", r"prefix 'a/\+' cannot be used in an MQTT topic \(contains '\+'\)"),
+        ("edgedet", "p/i", "gate", "node id 'p/i'"),
+        ("edgedet", "", "gate", "node id must not be empty"),
+        ("edgedet", "pi", "ga#te", "camera name 'ga#te'"),
+    ],
+)
+def test_topics_reject_bad_names(prefix: str, node: str, camera: str, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        Topics(prefix, node).detections(camera)
+
+
+# --------------------------------------------------------------------------- publisher config
+
+
+def test_bad_camera_name_is_a_config_error() -> None:
+    with pytest.raises(ConfigError, match="camera name 'a/b'"):
+        MqttPublisher(FakeMqtt(), "pi", ["a/b"])
+
+
+def test_bad_qos_is_a_config_error() -> None:
+    with pytest.raises(ConfigError, match="mqtt.qos"):
+        MqttPublisher(FakeMqtt(qos=3), "pi", [])
+
+
+def test_unreadable_tls_ca_names_the_field(tmp_path: Path) -> None:
+    missing = tmp_path / "ca.pem"
+    with pytest.raises(ConfigError) as err:
+        MqttPublisher(FakeMqtt(tls=FakeTls(ca=str(missing))), "pi", [])
+    assert str(err.value) == f"mqtt.tls.ca: cannot read {missing}: No such file or directory"
+
+
+def test_garbage_tls_ca_names_the_field(tmp_path: Path) -> None:
+    ca = tmp_path / "ca.pem"
+    ca.write_text("not a certificate\n")
+    with pytest.raises(ConfigError, match=r"^mqtt\.tls\.ca: .* is not a usable PEM CA bundle"):
+        MqttPublisher(FakeMqtt(tls=FakeTls(ca=str(ca))), "pi", [])
+
+
+def test_garbage_client_cert_names_the_field(tmp_path: Path) -> None:
+    cert = tmp_path / "client.pem"
+    cert.write_text("junk\n")
+    with pytest.raises(ConfigError, match=r"^mqtt\.tls\.cert: cannot load client certificate"):
+        MqttPublisher(FakeMqtt(tls=FakeTls(cert=str(cert))), "pi", [])
+
+
+def test_tls_key_without_cert(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="mqtt.tls.key: set without mqtt.tls.cert"):
+        MqttPublisher(FakeMqtt(tls=FakeTls(key=str(tmp_path / "k.pem"))), "pi", [])
+
+
+def test_stop_without_start_is_harmless() -> None:
+    pub = MqttPublisher(FakeMqtt(), "pi", ["gate"])
+    pub.stop()
+    pub.stop()
+    assert not pub.connected
