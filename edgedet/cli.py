@@ -46,12 +46,17 @@ def setup_logging(level: str = "INFO", secrets: Iterable[str] = ()) -> None:
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
-    from edgedet.export import export, parse_imgsz
+    from edgedet.export import export, parse_imgsz, rect_imgsz
 
+    imgsz = parse_imgsz(args.imgsz)
+    if args.rect:
+        if imgsz[0] != imgsz[1]:
+            raise InputError("--rect takes a single --imgsz (the long side), not H,W")
+        imgsz = rect_imgsz(imgsz[0], args.rect)
     report = export(
         Path(args.weights),
         output=Path(args.output) if args.output else None,
-        imgsz=parse_imgsz(args.imgsz),
+        imgsz=imgsz,
         half=args.half,
         device=args.device,
         check_image=Path(args.check_image) if args.check_image else None,
@@ -160,6 +165,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("export", help="export an Ultralytics YOLOv8 .pt checkpoint to TorchScript")
     p.add_argument("--weights", required=True, help="Ultralytics checkpoint (.pt)")
     p.add_argument("--imgsz", default="640", help="input size: N or H,W (multiples of the stride)")
+    p.add_argument("--rect", default=None, metavar="W:H",
+                   help="aspect-matched input for W:H frames, e.g. 16:9 -> 384x640 at --imgsz 640")
     p.add_argument("--half", action="store_true", help="fp16 weights and input (for CUDA devices)")
     p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
     p.add_argument("--check-image", default=None, help="real image for the traced-vs-eager check")

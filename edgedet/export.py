@@ -11,6 +11,7 @@ from __future__ import annotations
 import datetime as _dt
 import hashlib
 import json
+import math
 import logging
 import os
 import tempfile
@@ -74,6 +75,21 @@ def parse_imgsz(text: str) -> tuple[int, int]:
     if len(values) != 2 or min(values) <= 0:
         raise InputError(f"--imgsz: expected N or H,W with positive sizes (got {text!r})")
     return values[0], values[1]
+
+
+def rect_imgsz(long_side: int, aspect: str, stride: int = 32) -> tuple[int, int]:
+    """Input (h, w) for frames of aspect ``W:H`` (e.g. ``16:9``): long side ``long_side``, the
+    short side the letterboxed size rounded up to a multiple of ``stride`` (16:9 at 640 -> 384x640)."""
+    try:
+        aw, ah = (float(v) for v in aspect.split(":"))
+    except ValueError:
+        raise InputError(f"--rect: expected W:H such as 16:9 (got {aspect!r})") from None
+    if aw <= 0 or ah <= 0:
+        raise InputError(f"--rect: expected positive W:H (got {aspect!r})")
+    if long_side % stride:
+        raise InputError(f"--imgsz {long_side}: must be a multiple of the model stride {stride}")
+    short = math.ceil(long_side * min(aw, ah) / max(aw, ah) / stride) * stride
+    return (short, long_side) if aw >= ah else (long_side, short)
 
 
 def _import_ultralytics() -> Any:

@@ -1,0 +1,99 @@
+"""Inference workers with a fake detector (a real class, not a mock) and a real FrameHub."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import numpy as np
+import pytest
+from prometheus_client import CollectorRegistry
+
+from edgedet.framequeue import FrameHub
+from edgedet.inference import DecodeOptions, InferenceWorker, thread_layout
+from edgedet.metrics import Metrics
+from edgedet.model import ModelInfo
+from edgedet.types import Detections, Frame
+
+INFO = ModelInfo(
+    name="fake", names=("person", "smoke"), imgsz=(64, 64), stride=32, task="detect", batch=1, half=False,
+    exported_torch=None,
+)
+
+
+class FakeDetector:
+    """Returns one 'person' box centred in the input; can be told to fail."""
+
+    info = INFO
+    device = "cpu"
+    np_dtype = np.float32
+
+    def __init__(self, fail_on_call: int | None = None) -> None:
+        self.calls = 0
+        self.fail_on_call = fail_on_call
+
+    def infer(self, batch: np.ndarray) -> np.ndarray:
+        self.calls += 1
+        if self.fail_on_call is not None and self.calls >= self.fail_on_call:
+            raise RuntimeError("boom: simulated forward failure")
+        assert batch.shape == (1, 3, 64, 64)
+        out = np.zeros((1, 6, 4), np.float32)
+        out[0, :4, 0] = (32, 32, 16, 16)
+        out[0, 4, 0] = 0.9
+        return out
+
+
+def frame(camera: str, seq: int) -> Frame:
+    return Frame(camera, seq, time.monotonic_ns(), time.time(), np.zeros((128, 128, 3), np.uint8))
+
+
+@pytest.mark.parametrize(
+    ("cores", "count", "threads", "expected"),
+    [(2, None, None, (1, 2)), (4, None, None, (1, 4)), (8, None, None, (2, 4)), (16, None, None, (4, 4)),
+     (1, None, None, (1, 1)), (2, 2, None, (2, 1)), (8, None, 2, (4, 2)), (2, 3, 5, (3, 5))],
+)
+def test_thread_layout(cores, count, threads, expected):
+    assert thread_layout(cores, count, threads) == expected
+
+
+def test_workers_process_every_frame_and_rescale():
+    stop = threading.Event()
+    registry = CollectorRegistry()
+    metrics = Metrics(registry)
+    hub = FrameHub(stop, metrics)
+    q = hub.add_camera("cam", maxsize=8, backpressure=True)
+    results: list[Detections] = []
+    lock = threading.Lock()
+
+    def sink(dets: Detections, _frame: Frame) -> None:
+        with lock:
+            results.append(dets)
+
+    workers = [InferenceWorker(i, hub, FakeDetector(), stop, sink, metrics, DecodeOptions()) for i in range(2)]
+    for w in workers:
+        w.start()
+    for seq in range(6):
+        assert q.put(frame("cam", seq))
+    q.close()
+    for w in workers:
+        w.join(5)
+    assert not any(w.is_alive() for w in workers)  # hub ended -> workers exit by themselves
+    assert sorted(d.seq for d in results) == list(range(6))
+    det = results[0].items[0]
+    assert det.label == "person" and det.xyxy == pytest.approx((48, 48, 80, 80))  # 64 -> 128 px source
+    assert set(results[0].timings) == {"queue_wait", "preprocess", "inference", "postprocess"}
+    assert registry.get_sample_value("edgedet_frames_processed_total", {"camera": "cam"}) == 6
+    assert registry.get_sample_value("edgedet_detections_total", {"camera": "cam", "label": "person"}) == 6
+
+
+def test_crashing_worker_sets_stop_and_records_error():
+    stop = threading.Event()
+    hub = FrameHub(stop)
+    q = hub.add_camera("cam", maxsize=2)
+    worker = InferenceWorker(0, hub, FakeDetector(fail_on_call=1), stop, lambda d, f: None)
+    worker.start()
+    q.put(frame("cam", 0))
+    assert stop.wait(5), "a crashed worker must set the stop event"
+    worker.join(5)
+    assert not worker.is_alive()
+    assert isinstance(worker.error, RuntimeError) and "simulated" in str(worker.error)
