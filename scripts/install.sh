@@ -1,0 +1,383 @@
+#!/usr/bin/env bash
+# Install or upgrade edgedet as a systemd service on Debian, Raspberry Pi OS or Ubuntu / JetPack.
+#
+# usage: scripts/install.sh [--prefix DIR] [--root DIR] [--dry-run] [--no-enable] [--model FILE]
+#                           [--skip-venv]
+#
+#   --prefix DIR   install directory; the venv goes to DIR/venv (default /opt/edgedet)
+#   --root DIR     install into a throwaway root: files go under DIR, user creation, ownership
+#                  and systemctl are printed as skipped (for tests and image builds)
+#   --dry-run      print every action, one per line prefixed "+ ", and change nothing
+#   --no-enable    install only: do not enable, start or restart the service
+#   --model FILE   copy a TorchScript model (from `edgedet export`) to /var/lib/edgedet/models/
+#   --skip-venv    leave the venv alone (no python -m venv, no pip); for tests and for hosts
+#                  where the venv is managed another way
+#
+# Environment: PYTHON (default python3) is the interpreter the venv is made from (>= 3.10).
+#
+# Re-running upgrades in place: the venv gets the package from this checkout, the unit file is
+# replaced, a running service is restarted. /etc/edgedet/edgedet.yaml and edgedet.env are only
+# ever created, never overwritten. Output: "+ command" for an action, "- skipped (why): command",
+# "# note" (write_config, write_env_template and write_unit are functions of this script).
+# Exit status: 0 ok, 1 a step failed, 2 bad arguments.
+set -euo pipefail
+
+readonly DEFAULT_PREFIX=/opt/edgedet
+readonly SERVICE=edgedet.service
+readonly SVC_USER=edgedet
+readonly EXAMPLE_MODEL_PATH=/var/lib/edgedet/models/yolov8n.torchscript
+readonly TORCH_CPU_INDEX=https://download.pytorch.org/whl/cpu
+
+REPO="$(cd -- "$(dirname -- "${BASH_SOURCE[0]}")/.." && pwd -P)"
+readonly REPO
+PREFIX="$DEFAULT_PREFIX"
+ROOT=""
+DRY_RUN=0
+ENABLE=1
+MODEL=""
+SKIP_VENV=0
+PYTHON="${PYTHON:-python3}"
+
+usage() {
+    sed -n '4,16s/^# \{0,1\}//p' "${BASH_SOURCE[0]}"
+}
+
+die() {
+    printf 'install.sh: error: %s\n' "$*" >&2
+    exit 1
+}
+
+bad_usage() {
+    printf 'install.sh: %s\n' "$*" >&2
+    usage >&2
+    exit 2
+}
+
+note() {
+    printf '# %s\n' "$*"
+}
+
+# Print "+ cmd args..." (shell-quoted) and run it unless --dry-run.
+run() {
+    printf '+'
+    printf ' %q' "$@"
+    printf '\n'
+    if ((DRY_RUN == 0)); then
+        "$@"
+    fi
+}
+
+# Print "- skipped (why): cmd args..." for a step --root (or a missing systemd) leaves out.
+skip() {
+    local why="$1"
+    shift
+    printf -- '- skipped (%s):' "$why"
+    printf ' %q' "$@"
+    printf '\n'
+}
+
+while (($# > 0)); do
+    case "$1" in
+        --prefix | --root | --model)
+            (($# >= 2)) || bad_usage "$1 needs a value"
+            case "$1" in
+                --prefix) PREFIX="$2" ;;
+                --root) ROOT="$2" ;;
+                --model) MODEL="$2" ;;
+            esac
+            shift 2
+            ;;
+        --prefix=*) PREFIX="${1#*=}"; shift ;;
+        --root=*) ROOT="${1#*=}"; shift ;;
+        --model=*) MODEL="${1#*=}"; shift ;;
+        --dry-run) DRY_RUN=1; shift ;;
+        --no-enable) ENABLE=0; shift ;;
+        --skip-venv) SKIP_VENV=1; shift ;;
+        -h | --help) usage; exit 0 ;;
+        *) bad_usage "unknown argument: $1" ;;
+    esac
+done
+
+[[ "$PREFIX" == /* ]] || bad_usage "--prefix must be an absolute path (got '$PREFIX')"
+PREFIX="${PREFIX%/}"
+[[ -n "$PREFIX" && "$PREFIX" != *[[:space:]\|\&\\]* ]] \
+    || bad_usage "--prefix must not be / or contain blanks, '|', '&' or '\\' (got '$PREFIX')"
+if [[ -n "$ROOT" ]]; then
+    ROOT="$(realpath -m -- "$ROOT")"
+    [[ "$ROOT" != / ]] || ROOT=""
+fi
+if [[ -n "$MODEL" ]]; then
+    [[ -f "$MODEL" && -r "$MODEL" ]] || bad_usage "--model: no readable file at '$MODEL'"
+    [[ "$(basename -- "$MODEL")" =~ ^[A-Za-z0-9._-]+$ ]] \
+        || bad_usage "--model: use a file name of letters, digits, '.', '_' and '-' (got '$(basename -- "$MODEL")')"
+    MODEL="$(realpath -- "$MODEL")"
+fi
+for f in pyproject.toml systemd/edgedet.service config/edgedet.example.yaml; do
+    [[ -f "$REPO/$f" ]] || die "$REPO/$f is missing: run this script from an edgedet checkout"
+done
+if ((DRY_RUN == 0)) && [[ -z "$ROOT" ]] && ((EUID != 0)); then
+    die "run as root (or try --dry-run, or --root DIR for a throwaway root)"
+fi
+
+readonly PREFIX ROOT DRY_RUN ENABLE MODEL SKIP_VENV PYTHON
+readonly VENV="$PREFIX/venv"
+readonly ETC=/etc/edgedet
+readonly CONFIG="$ETC/edgedet.yaml"
+readonly ENV_FILE="$ETC/edgedet.env"
+readonly STATE=/var/lib/edgedet
+readonly UNIT="/etc/systemd/system/$SERVICE"
+
+# ------------------------------------------------------------------------------------ helpers
+
+# "-o OWNER -g GROUP" for install(1), or nothing under --root (the user does not exist there).
+OWN=()
+own() {
+    OWN=()
+    if [[ -z "$ROOT" ]]; then
+        OWN=(-o "$1" -g "$2")
+    fi
+}
+
+# Create a directory (with parents) unless it exists; an existing one keeps its owner and mode.
+ensure_dir() {
+    local dir="$1" mode="$2" owner="$3" group="$4"
+    if [[ -d "$ROOT$dir" ]]; then
+        note "$ROOT$dir exists"
+        return
+    fi
+    own "$owner" "$group"
+    run install -d -m "$mode" "${OWN[@]}" "$ROOT$dir"
+}
+
+# The unit as installed: ExecStart follows --prefix.
+render_unit() {
+    sed "s|$DEFAULT_PREFIX/venv/|$VENV/|g" "$REPO/systemd/edgedet.service"
+}
+
+# Write the rendered unit to $1 (mode 0644) atomically.
+write_unit() {
+    local dst="$1"
+    mkdir -p -- "$(dirname -- "$dst")"
+    render_unit >"$dst.new"
+    chmod 0644 "$dst.new"
+    mv -f -- "$dst.new" "$dst"
+}
+
+# Copy the example config to $1 (mode 0640; group edgedet unless --root), pointing model.path at
+# $2 when given.
+write_config() {
+    local dst="$1" model_path="${2:-}"
+    local expr="s|^\\(  path: \\)$EXAMPLE_MODEL_PATH\$|\\1$model_path|"
+    [[ -n "$model_path" ]] || expr=""
+    (umask 0027 && sed "$expr" "$REPO/config/edgedet.example.yaml" >"$dst.new")
+    if [[ -z "$ROOT" ]]; then
+        chown "root:$SVC_USER" "$dst.new"
+    fi
+    chmod 0640 "$dst.new"
+    mv -f -- "$dst.new" "$dst"
+}
+
+# Write the environment file template to $1 (mode 0640; group edgedet unless --root).
+write_env_template() {
+    local dst="$1"
+    (
+        umask 0027
+        cat >"$dst.new" <<'EOF'
+# Environment for edgedet.service, read by systemd (EnvironmentFile=). KEY=value, one a line.
+# Keep secrets here, not in edgedet.yaml, and refer to them there as ${VAR}, for example:
+#CAM_PASS=...
+#MQTT_PASSWORD=...
+# torch thread count: edgedet sizes its pools from the workers settings; override only if needed.
+#OMP_NUM_THREADS=4
+EOF
+    )
+    if [[ -z "$ROOT" ]]; then
+        chown "root:$SVC_USER" "$dst.new"
+    fi
+    chmod 0640 "$dst.new"
+    mv -f -- "$dst.new" "$dst"
+}
+
+is_jetson() {
+    [[ -f /etc/nv_tegra_release ]] || grep -qa 'nvidia,tegra' /proc/device-tree/compatible 2>/dev/null
+}
+
+is_raspberry_pi() {
+    grep -qa 'Raspberry Pi' /proc/device-tree/model 2>/dev/null
+}
+
+# ------------------------------------------------------------------------------------ steps
+
+step_user() {
+    if [[ -n "$ROOT" ]]; then
+        skip "--root" useradd --system --user-group --groups video --home-dir "$STATE" --no-create-home \
+            --shell /usr/sbin/nologin "$SVC_USER"
+        return
+    fi
+    if ! getent group video >/dev/null; then
+        run groupadd --system video
+    fi
+    if getent passwd "$SVC_USER" >/dev/null; then
+        if [[ " $(id -nG "$SVC_USER") " == *" video "* ]]; then
+            note "user $SVC_USER exists (in group video)"
+        else
+            run usermod --append --groups video "$SVC_USER"
+        fi
+    else
+        run useradd --system --user-group --groups video --home-dir "$STATE" --no-create-home \
+            --shell /usr/sbin/nologin --comment "edgedet daemon" "$SVC_USER"
+    fi
+}
+
+step_dirs() {
+    ensure_dir "$PREFIX" 0755 root root
+    ensure_dir "$ETC" 0750 root "$SVC_USER"
+    ensure_dir "$STATE" 0750 "$SVC_USER" "$SVC_USER"
+    ensure_dir "$STATE/models" 0750 "$SVC_USER" "$SVC_USER"
+}
+
+step_venv() {
+    local venv="$ROOT$VENV" pip="$ROOT$VENV/bin/pip" py="$ROOT$VENV/bin/python"
+    if ((SKIP_VENV)); then
+        skip "--skip-venv" "$PYTHON" -m venv "$venv"
+        skip "--skip-venv" "$pip" install --upgrade "$REPO"
+        return
+    fi
+    local arch
+    arch="$(uname -m)"
+    case "$arch" in
+        x86_64 | aarch64) ;;
+        *) die "no torch wheels for $arch: use a 64-bit OS (on a Raspberry Pi: 64-bit Raspberry Pi OS)" ;;
+    esac
+    if [[ -x "$py" ]]; then
+        note "venv $venv exists: upgrading in place"
+    else
+        command -v "$PYTHON" >/dev/null || die "$PYTHON not found (set PYTHON=/path/to/python3.10+)"
+        "$PYTHON" -c 'import sys; sys.exit(sys.version_info < (3, 10))' \
+            || die "$PYTHON is $("$PYTHON" -V 2>&1); edgedet needs Python >= 3.10 (set PYTHON=...)"
+        "$PYTHON" -c 'import ensurepip, venv' 2>/dev/null \
+            || die "$PYTHON cannot create venvs: apt-get install python3-venv"
+        if is_jetson; then
+            # A torch from JetPack's system site-packages stays visible inside the venv.
+            run "$PYTHON" -m venv --system-site-packages "$venv"
+        else
+            run "$PYTHON" -m venv "$venv"
+        fi
+    fi
+
+    if [[ -x "$py" ]] && "$py" -c 'import torch' 2>/dev/null; then
+        note "torch $("$py" -c 'import torch; print(torch.__version__)') found in the venv: left as it is"
+    elif is_jetson; then
+        note "Jetson: PyPI's aarch64 torch has no CUDA. For the GPU, install NVIDIA's torch wheel for"
+        note "your JetPack into the venv ($pip install <wheel>, see"
+        note "https://docs.nvidia.com/deeplearning/frameworks/install-pytorch-jetson-platform/),"
+        note "set model.device: cuda and uncomment the Jetson DeviceAllow= lines (systemctl edit edgedet)."
+        note "Installing the CPU torch from PyPI for now; an NVIDIA wheel installed later is kept on upgrade."
+    elif [[ "$arch" == x86_64 && ! -e /dev/nvidiactl ]]; then
+        note "no NVIDIA GPU: installing the CPU-only torch build (no CUDA libraries)"
+        run "$pip" install --index-url "$TORCH_CPU_INDEX" torch
+    elif [[ "$arch" == x86_64 ]]; then
+        note "NVIDIA GPU found: torch with CUDA from PyPI; uncomment the NVIDIA DeviceAllow= lines"
+    else
+        note "aarch64: torch CPU build from PyPI"
+    fi
+    run "$pip" install --upgrade "$REPO"
+}
+
+CONFIG_CREATED=0
+step_config() {
+    local model_path=""
+    if [[ -n "$MODEL" ]]; then
+        model_path="$STATE/models/$(basename -- "$MODEL")"
+    fi
+    if [[ -e "$ROOT$CONFIG" ]]; then
+        note "$ROOT$CONFIG exists: kept as it is"
+        if [[ -n "$model_path" ]] && ! grep -qF -- "$model_path" "$ROOT$CONFIG"; then
+            note "set model.path: $model_path in $CONFIG to use the new model"
+        fi
+    else
+        if [[ -n "$model_path" ]]; then
+            run write_config "$ROOT$CONFIG" "$model_path"
+        else
+            run write_config "$ROOT$CONFIG"
+        fi
+        CONFIG_CREATED=1
+    fi
+    if [[ -e "$ROOT$ENV_FILE" ]]; then
+        note "$ROOT$ENV_FILE exists: kept as it is"
+    else
+        run write_env_template "$ROOT$ENV_FILE"
+    fi
+}
+
+step_model() {
+    [[ -n "$MODEL" ]] || return 0
+    local dst
+    dst="$ROOT$STATE/models/$(basename -- "$MODEL")"
+    if [[ -f "$dst" ]] && cmp -s -- "$MODEL" "$dst"; then
+        note "$dst is up to date"
+        return
+    fi
+    own "$SVC_USER" "$SVC_USER"
+    run install -m 0640 "${OWN[@]}" "$MODEL" "$dst"
+}
+
+step_unit() {
+    local dst="$ROOT$UNIT"
+    if [[ -f "$dst" ]] && cmp -s -- <(render_unit) "$dst"; then
+        note "$dst is up to date"
+        return
+    fi
+    run write_unit "$dst"
+}
+
+step_systemd() {
+    local why="" active=0
+    if [[ -n "$ROOT" ]]; then
+        why="--root"
+    elif [[ ! -d /run/systemd/system ]]; then
+        why="systemd is not running"
+    elif systemctl is-active --quiet "$SERVICE"; then
+        active=1
+    fi
+    # The example config has placeholder cameras and broker: starting the service on it would
+    # only fail, so a fresh install enables it and leaves the start to the admin.
+    local -a cmds=("systemctl daemon-reload")
+    if ((ENABLE && CONFIG_CREATED)); then
+        cmds+=("systemctl enable $SERVICE")
+    elif ((ENABLE)); then
+        cmds+=("systemctl enable --now $SERVICE")
+        ((active == 0)) || cmds+=("systemctl try-restart $SERVICE")
+    fi
+    local cmd
+    local -a argv
+    for cmd in "${cmds[@]}"; do
+        read -r -a argv <<<"$cmd"
+        if [[ -n "$why" ]]; then
+            skip "$why" "${argv[@]}"
+        else
+            run "${argv[@]}"
+        fi
+    done
+    if ((ENABLE && CONFIG_CREATED)); then
+        note "edit $CONFIG and $ENV_FILE, check with: $VENV/bin/edgedet check-config $CONFIG"
+        note "then start the service: systemctl start $SERVICE"
+    elif ((active && ENABLE == 0)); then
+        note "$SERVICE keeps running the previous version until: systemctl restart $SERVICE"
+    fi
+}
+
+if ((DRY_RUN)); then
+    note "dry run: nothing is changed"
+fi
+if [[ -n "$ROOT" ]]; then
+    note "installing into $ROOT"
+fi
+step_user
+step_dirs
+step_venv
+step_model
+step_config
+step_unit
+step_systemd
+note "done"
