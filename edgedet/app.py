@@ -1,43 +1,51 @@
 """Wiring only: metrics -> publisher -> inference -> capture; stop in reverse.
 
-``run(cfg)`` returns the process exit code: 0 after a clean stop (signal, or every file camera
-ended and drained), 1 when a worker crashed.
+``run(cfg, config_path)`` returns the process exit code: 0 after a clean stop (signal, or every
+file camera ended and drained), 1 when a worker crashed. SIGHUP re-reads ``config_path``
+(see ``reload.py``).
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import signal
 import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from functools import partial
+from pathlib import Path
 from typing import Any
 
 from prometheus_client import CollectorRegistry
 
 from edgedet import __version__
-from edgedet.capture import CaptureWorker, OpenCvSource
-from edgedet.config import CameraConfig, Config, default_client_id, mask_url
-from edgedet.errors import ConfigError
+from edgedet.cameras import CameraSet
+from edgedet.config import Config, load_config
+from edgedet.errors import ConfigError, EdgedetError
+from edgedet.events import EventStage
 from edgedet.framequeue import FrameHub
-from edgedet.inference import DecodeOptions, InferenceWorker, thread_layout
+from edgedet.inference import DecodeOptions, WorkerPool, thread_layout
 from edgedet.metrics import Metrics, serve, stop_server
-from edgedet.model import TorchScriptDetector, set_torch_threads, torch_version
+from edgedet.model import Detector, load_detector, set_torch_threads, torch_version
+from edgedet.outbox import Outbox, open_outbox
 from edgedet.publish import MqttPublisher
+from edgedet.reload import plan
+from edgedet.sdnotify import Notifier, WatchdogThread, watchdog_interval
 from edgedet.types import Detections, Frame
 
 log = logging.getLogger(__name__)
 
 JOIN_TIMEOUT_S = 2.0
 
+TICK_S = 0.5
+
 
 class FlowTracker:
-    """When each camera last produced a processed frame: feeds /healthz and frame-age gauges."""
+    """When each camera last produced a processed frame: feeds /healthz, the watchdog and the
+    frame-age gauges."""
 
-    def __init__(self, cameras: dict[str, CameraConfig]) -> None:
-        self._cameras = cameras
+    def __init__(self) -> None:
         self._last: dict[str, int] = {}
         self._lock = threading.Lock()
 
@@ -50,19 +58,6 @@ class FlowTracker:
         with self._lock:
             last = self._last.get(camera)
         return float("nan") if last is None else (time.monotonic_ns() - last) / 1e9
-
-    def stale(self, ended: set[str]) -> list[str]:
-        """Problems: cameras without a processed frame within their stall timeout."""
-        problems = []
-        for name, cam in self._cameras.items():
-            if name in ended:
-                continue
-            age = self.age_s(name)
-            if age != age:  # NaN: nothing yet
-                problems.append(f"camera {name}: no frame yet")
-            elif age > cam.stall_timeout_s:
-                problems.append(f"camera {name}: last frame {age:.1f}s ago")
-        return problems
 
 
 def _class_ids(cfg: Config, names: tuple[str, ...]) -> list[int] | None:
@@ -81,28 +76,32 @@ def _class_ids(cfg: Config, names: tuple[str, ...]) -> list[int] | None:
     return ids
 
 
-def _source_factory(cam: CameraConfig) -> Any:
-    read_timeout = min(cam.stall_timeout_s, 10.0)
-    return lambda: OpenCvSource(
-        cam.url,
-        cam.kind,
-        transport=cam.transport,
-        width=cam.width,
-        height=cam.height,
-        fourcc=cam.fourcc,
-        open_timeout_s=10.0,
-        read_timeout_s=read_timeout,
-        display_url=mask_url(cam.url) if isinstance(cam.url, str) else str(cam.url),
+def _load_model(cfg: Config) -> tuple[Detector, DecodeOptions, int]:
+    """Load the detector and derive decode options and the worker count (raises EdgedetError)."""
+    count, threads = thread_layout(None, cfg.workers.count, cfg.workers.threads_per_worker)
+    set_torch_threads(threads)
+    detector = load_detector(cfg.model.path, device=cfg.model.device, half=cfg.model.half or None,
+                             backend=cfg.model.backend)
+    options = DecodeOptions(
+        conf=cfg.model.conf, iou=cfg.model.iou, classes=_class_ids(cfg, detector.info.names),
+        max_det=cfg.model.max_det,
     )
+    log.info("model %s (%s, input %s) on %s; %d worker(s) x %d thread(s)", detector.info.name,
+             type(detector).__name__, "x".join(map(str, detector.info.imgsz)), detector.device, count, threads)
+    return detector, options, count
 
 
 @contextmanager
-def _signals(stop: threading.Event) -> Iterator[None]:
-    def handler(signum: int, _frame: object) -> None:
+def _signals(stop: threading.Event, reload_requested: threading.Event) -> Iterator[None]:
+    def on_stop(signum: int, _frame: object) -> None:
         log.info("received %s; stopping", signal.Signals(signum).name)
         stop.set()
 
-    previous = {s: signal.signal(s, handler) for s in (signal.SIGTERM, signal.SIGINT)}
+    def on_hup(_signum: int, _frame: object) -> None:
+        reload_requested.set()
+
+    handlers = {signal.SIGTERM: on_stop, signal.SIGINT: on_stop, signal.SIGHUP: on_hup}
+    previous = {s: signal.signal(s, h) for s, h in handlers.items()}
     try:
         yield
     finally:
@@ -110,118 +109,164 @@ def _signals(stop: threading.Event) -> Iterator[None]:
             signal.signal(s, h)
 
 
-def _join(threads: list[threading.Thread], timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    for t in threads:
-        t.join(max(0.0, deadline - time.monotonic()))
-    for t in threads:
-        if t.is_alive():
-            log.warning("thread %s did not stop within %.1fs", t.name, timeout)
-
-
-def run(cfg: Config, stop: threading.Event | None = None) -> int:
+def run(cfg: Config, config_path: str | Path | None = None, stop: threading.Event | None = None) -> int:
     stop = stop or threading.Event()
+    reload_requested = threading.Event()
+    with _signals(stop, reload_requested):
+        return _run(cfg, config_path, stop, reload_requested)
+
+
+def _run(cfg: Config, config_path: str | Path | None, stop: threading.Event,
+         reload_requested: threading.Event) -> int:
     cameras = {name: cam for name, cam in cfg.cameras.items() if cam.enabled}
-    with _signals(stop):
-        count, threads = thread_layout(None, cfg.workers.count, cfg.workers.threads_per_worker)
-        set_torch_threads(threads)
-        detector = TorchScriptDetector(cfg.model.path, device=cfg.model.device, half=cfg.model.half or None)
-        info = detector.info
-        options = DecodeOptions(
-            conf=cfg.model.conf, iou=cfg.model.iou, classes=_class_ids(cfg, info.names), max_det=cfg.model.max_det
-        )
+    detector, options, count = _load_model(cfg)
 
-        registry = CollectorRegistry()
-        metrics = Metrics(registry)
-        metrics.set_build(version=__version__, model=info.name, torch=torch_version(), device=detector.device)
-        flow = FlowTracker(cameras)
-        hub = FrameHub(stop, metrics)
-        queues = {}
-        for name, cam in cameras.items():
-            backpressure = cam.kind == "file" and not cam.realtime
-            queues[name] = hub.add_camera(name, maxsize=cam.queue_size, backpressure=backpressure)
-            metrics.frame_age.labels(camera=name).set_function(lambda n=name: flow.age_s(n))
+    registry = CollectorRegistry()
+    metrics = Metrics(registry)
+    metrics.set_build(version=__version__, model=detector.info.name, torch=torch_version(), device=detector.device)
+    flow = FlowTracker()
+    hub = FrameHub(stop, metrics)
+    outbox = _open_outbox(cfg, metrics)
+    publisher = MqttPublisher(cfg.mqtt, cfg.node_id, list(cameras), metrics, client_id=cfg.mqtt.client_id,
+                              outbox=outbox)
+    events = EventStage.from_config(cfg, cameras, publisher, f"{cfg.mqtt.topic_prefix}/{cfg.node_id}", metrics)
+    cams = CameraSet(hub, metrics, publisher.set_camera_status)
 
-        publisher = MqttPublisher(
-            cfg.mqtt, cfg.node_id, list(cameras), metrics, client_id=cfg.mqtt.client_id or default_client_id(cfg.node_id)
-        )
+    def health() -> tuple[bool, dict[str, Any]]:
+        queues = cams.queues()
+        ended = {n for n, q in queues.items() if q.closed}
+        problems = []
+        for name in queues:
+            age = flow.age_s(name)
+            if name in ended:
+                continue
+            if age != age:
+                problems.append(f"camera {name}: no frame yet")
+            elif age > cams.config(name).stall_timeout_s:
+                problems.append(f"camera {name}: last frame {age:.1f}s ago")
+        if not publisher.connected:
+            problems.append(f"MQTT broker {cfg.mqtt.host}:{cfg.mqtt.port} not connected")
+        body: dict[str, Any] = {
+            "status": "ok" if not problems else "unhealthy",
+            "mqtt_connected": publisher.connected,
+            "cameras": {n: {"ended": n in ended, "last_frame_age_s": _round(flow.age_s(n))} for n in queues},
+        }
+        if problems:
+            body["reason"] = "; ".join(problems)
+        return not problems, body
 
-        def health() -> tuple[bool, dict[str, Any]]:
-            ended = {n for n, q in queues.items() if q.closed}
-            problems = flow.stale(ended)
-            if not publisher.connected:
-                problems.append(f"MQTT broker {cfg.mqtt.host}:{cfg.mqtt.port} not connected")
-            body: dict[str, Any] = {
-                "status": "ok" if not problems else "unhealthy",
-                "mqtt_connected": publisher.connected,
-                "cameras": {
-                    n: {"ended": n in ended, "last_frame_age_s": _round(flow.age_s(n))} for n in cameras
-                },
-            }
-            if problems:
-                body["reason"] = "; ".join(problems)
-            return not problems, body
+    server = serve(registry, cfg.metrics.host, cfg.metrics.port, health) if cfg.metrics.enabled else None
 
-        server = None
-        if cfg.metrics.enabled:
-            server = serve(registry, cfg.metrics.host, cfg.metrics.port, health)
+    def sink(dets: Detections, frame: Frame) -> None:
+        publisher.publish_detections(dets)
+        metrics.end_to_end.labels(camera=dets.camera).observe((time.monotonic_ns() - dets.t_mono_ns) / 1e9)
+        flow.seen(dets.camera, dets.t_mono_ns)
+        if events is not None:
+            events.on_frame(dets, frame.image)
 
-        def sink(dets: Detections, frame: Frame) -> None:
-            publisher.publish_detections(dets)
-            now = time.monotonic_ns()
-            metrics.end_to_end.labels(camera=dets.camera).observe((now - dets.t_mono_ns) / 1e9)
-            flow.seen(dets.camera, dets.t_mono_ns)
+    crashed: list[BaseException] = []
 
-        publisher.start()
-        workers = [InferenceWorker(i, hub, detector, stop, sink, metrics, options) for i in range(count)]
-        for w in workers:
-            w.start()
-        captures = [
-            CaptureWorker(
-                name,
-                _source_factory(cam),
-                queues[name],
-                stop,
-                metrics,
-                fps_limit=cam.fps_limit,
-                loop=cam.loop,
-                realtime=cam.realtime,
-                stall_timeout_s=cam.stall_timeout_s,
-                on_state=publisher.set_camera_status,
-            )
-            for name, cam in cameras.items()
-        ]
-        for c in captures:
-            c.start()
-        log.info(
-            "edgedet %s running: %d camera(s), %d worker(s) x %d torch thread(s), model %s %s on %s",
-            __version__, len(cameras), count, threads, info.name,
-            "x".join(map(str, info.imgsz)), detector.device,
-        )
-
-        while not stop.wait(0.5):
-            if not any(w.is_alive() for w in workers):
-                break  # every file camera ended and the queues are drained (or a worker crashed)
-        if not stop.is_set():
-            log.info("all cameras ended; %d frame(s) processed", sum(w.processed for w in workers))
+    def on_crash(exc: BaseException) -> None:
+        crashed.append(exc)
         stop.set()
-        _join(list(captures), JOIN_TIMEOUT_S)
-        hub.close()
-        _join(list(workers), JOIN_TIMEOUT_S)
-        publisher.stop()
-        if server is not None:
-            stop_server(*server)
-        crashed = [w for w in workers if w.error is not None]
-        if crashed:
-            log.error("stopped after a worker crash: %s", crashed[0].error)
-            return 1
-        log.info("stopped cleanly")
-        return 0
+
+    publisher.start()
+    pool = WorkerPool(hub, sink, metrics, on_crash)
+    pool.start(detector, options, count)
+    for name, cam in cameras.items():
+        metrics.frame_age.labels(camera=name).set_function(partial(flow.age_s, name))
+        cams.start(name, cam)
+    log.info("edgedet %s running: %d camera(s): %s", __version__, len(cameras), ", ".join(cameras))
+
+    notifier, started = Notifier(), time.monotonic()
+
+    def sd_health() -> tuple[bool, str]:
+        live = [n for n, q in cams.queues().items() if not q.closed]
+        ages = [a for a in (flow.age_s(n) for n in live) if a == a]
+        newest = min(ages, default=time.monotonic() - started)
+        ok = not crashed and (not live or newest < cfg.watchdog_grace_s)
+        summary = f"{len(live)} live camera(s), {pool.processed} frame(s) processed"
+        return ok, summary if ok else f"no frame processed for {newest:.0f}s"
+
+    dog = WatchdogThread(notifier, stop, sd_health, watchdog_interval() or 10.0)
+    dog.start()
+    notifier.ready(f"{len(cameras)} camera(s), model {detector.info.name}")
+
+    while not stop.wait(TICK_S):
+        if reload_requested.is_set():
+            reload_requested.clear()
+            cfg = _reload(cfg, config_path, cams, pool, events, metrics, flow, notifier, publisher)
+        if events is not None:
+            events.tick()
+        if not pool.alive():
+            break  # every file camera ended and the queues are drained (or a worker crashed)
+    if not stop.is_set():
+        log.info("all cameras ended; %d frame(s) processed", pool.processed)
+    stop.set()
+    notifier.stopping()
+    cams.stop(timeout=JOIN_TIMEOUT_S)
+    hub.close()
+    for w in pool.stop(JOIN_TIMEOUT_S):
+        log.warning("thread %s did not stop within %.1fs", w.name, JOIN_TIMEOUT_S)
+    if events is not None:
+        events.close()
+    publisher.stop()
+    if server is not None:
+        stop_server(*server)
+    dog.join(JOIN_TIMEOUT_S)
+    if crashed:
+        log.error("stopped after a worker crash: %s", crashed[0])
+        return 1
+    log.info("stopped cleanly")
+    return 0
+
+
+def _open_outbox(cfg: Config, metrics: Metrics) -> Outbox | None:
+    return open_outbox(cfg.state_dir, cfg.outbox, metrics)
+
+
+def _reload(cfg: Config, config_path: str | Path | None, cams: CameraSet, pool: WorkerPool,
+            events: EventStage | None, metrics: Metrics, flow: FlowTracker, notifier: Notifier,
+            publisher: MqttPublisher) -> Config:
+    """Apply a changed config file; on any error keep running the old config. Returns the config in force."""
+    if config_path is None:
+        log.warning("SIGHUP: no config file to reload")
+        return cfg
+    notifier.reloading()
+    try:
+        new = load_config(config_path)
+        change = plan(cfg, new)
+        if change.model:
+            detector, options, count = _load_model(new)
+    except EdgedetError as exc:
+        log.error("config reload rejected, keeping the running config: %s", str(exc).replace("\n", "; "))
+        notifier.ready("reload rejected")
+        return cfg
+    for key in change.ignored:
+        log.warning("config reload: '%s' changed; it takes effect after a restart", key)
+    if change.log_level:
+        logging.getLogger().setLevel(new.log_level)
+    if change.model:
+        for w in pool.stop(JOIN_TIMEOUT_S):
+            log.warning("thread %s did not stop within %.1fs", w.name, JOIN_TIMEOUT_S)
+        pool.start(detector, options, count)
+        metrics.set_build(version=__version__, model=detector.info.name, torch=torch_version(),
+                          device=detector.device)
+    cams.stop(list(change.removed) + list(change.changed))
+    for name in change.removed:
+        publisher.forget_camera(name)
+    for name in change.added + change.changed:
+        metrics.frame_age.labels(camera=name).set_function(partial(flow.age_s, name))
+        cams.start(name, new.cameras[name])
+    if events is not None and (change.events or change.added or change.removed):
+        events.reconfigure(new, [n for n, c in new.cameras.items() if c.enabled])
+    log.info("config reloaded: %s", change.summary())
+    notifier.ready(f"reloaded: {change.summary()}")
+    # Sections that need a restart keep their running values.
+    from dataclasses import replace
+
+    return replace(new, **{key: getattr(cfg, key) for key in change.ignored})
 
 
 def _round(value: float) -> float | None:
     return None if value != value else round(value, 3)
-
-
-def describe(cfg: Config) -> str:  # used by logs/tests
-    return json.dumps(cfg.to_dict(masked=True))

@@ -345,7 +345,7 @@ class CaptureWorker(threading.Thread):
         while not self._stop_event.is_set():
             try:
                 outcome = self._session()
-            except Exception as exc:
+            except Exception as exc:  # noqa: BLE001 - a camera bug must never kill the thread
                 if self._stop_event.is_set():
                     return  # a read cut short by shutdown is not a camera failure
                 if isinstance(exc, _Failure):

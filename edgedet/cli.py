@@ -60,6 +60,7 @@ def _cmd_export(args: argparse.Namespace) -> int:
         half=args.half,
         device=args.device,
         check_image=Path(args.check_image) if args.check_image else None,
+        format=args.format,
     )
     for line in report.lines():
         print(line)
@@ -93,7 +94,7 @@ def _cmd_detect(args: argparse.Namespace) -> int:
     from edgedet.postprocess import decode
     from edgedet.preprocess import Preprocessor
 
-    detector = load_detector(args.model, device=args.device)
+    detector = load_detector(args.model, device=args.device, backend=args.backend)
     info = detector.info
     classes = _parse_classes(args.classes, info.names)
     pre = Preprocessor(*info.imgsz, dtype=detector.np_dtype)
@@ -153,7 +154,13 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
     cfg = load_config(args.config)
     setup_logging(args.log_level or cfg.log_level, cfg.secrets())
-    return run(cfg)
+    return run(cfg, args.config)
+
+
+def _cmd_bench(args: argparse.Namespace) -> int:
+    from edgedet.bench import main as bench_main  # lazy: measurement children import torch / ultralytics
+
+    return bench_main(args.bench_args)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -162,7 +169,7 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--log-level", default=None, choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     sub = ap.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("export", help="export an Ultralytics YOLOv8 .pt checkpoint to TorchScript")
+    p = sub.add_parser("export", help="export an Ultralytics YOLOv8 .pt checkpoint to TorchScript, ONNX or OpenVINO")
     p.add_argument("--weights", required=True, help="Ultralytics checkpoint (.pt)")
     p.add_argument("--imgsz", default="640", help="input size: N or H,W (multiples of the stride)")
     p.add_argument("--rect", default=None, metavar="W:H",
@@ -170,13 +177,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--half", action="store_true", help="fp16 weights and input (for CUDA devices)")
     p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
     p.add_argument("--check-image", default=None, help="real image for the traced-vs-eager check")
-    p.add_argument("-o", "--output", default=None, help="output file (default: WEIGHTS with .torchscript)")
+    p.add_argument("--format", default="torchscript", choices=["torchscript", "onnx", "openvino"],
+                   help="torchscript (default), onnx (needs edgedet[onnx]) or openvino (needs edgedet[openvino])")
+    p.add_argument("-o", "--output", default=None,
+                   help="output (default: WEIGHTS with .torchscript / .onnx, or WEIGHTS_openvino_model/)")
     p.set_defaults(func=_cmd_export)
 
     p = sub.add_parser("detect", help="run the detector on image files, one JSON line per image")
     p.add_argument("images", nargs="+")
     p.add_argument("--model", required=True)
     p.add_argument("--device", default="cpu")
+    p.add_argument("--backend", default="auto", choices=["auto", "torchscript", "onnxruntime", "openvino"],
+                   help="auto: by the model path (.onnx -> onnxruntime, *_openvino_model/ or .xml -> openvino)")
     p.add_argument("--conf", type=float, default=0.25)
     p.add_argument("--iou", type=float, default=0.7)
     p.add_argument("--max-det", type=int, default=300)
@@ -191,6 +203,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("run", help="run the daemon")
     p.add_argument("-c", "--config", required=True)
     p.set_defaults(func=_cmd_run)
+
+    # Options are parsed by edgedet.bench (see `edgedet bench --help`): pass everything through.
+    p = sub.add_parser("bench", help="benchmark raw model vs pipeline vs Ultralytics, and live latency",
+                       add_help=False, prefix_chars="+")
+    p.add_argument("bench_args", nargs=argparse.REMAINDER)
+    p.set_defaults(func=_cmd_bench)
     return ap
 
 

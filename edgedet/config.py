@@ -25,7 +25,7 @@ import os
 import re
 import socket
 import types
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Literal, Union, get_args, get_origin, get_type_hints
@@ -40,10 +40,16 @@ __all__ = [
     "CameraConfig",
     "CameraKind",
     "Config",
+    "EventOverrides",
+    "EventThresholds",
+    "EventsConfig",
     "LogLevel",
     "MetricsConfig",
     "ModelConfig",
     "MqttConfig",
+    "OutboxConfig",
+    "Polygon",
+    "SnapshotConfig",
     "TlsConfig",
     "WorkersConfig",
     "default_client_id",
@@ -65,6 +71,8 @@ _DEVICE_RE = re.compile(r"/dev/(video[0-9]+|v4l/by-(id|path)/.+)")
 _INDEX_RE = re.compile(r"[0-9]+")
 _CUDA_RE = re.compile(r"cpu|cuda(:[0-9]+)?")
 _URL_EXPECTED = "expected rtsp://, http(s)://, a file, /dev/videoN or a device index"
+_POINT_EXPECTED = "expected a point [x, y]"
+_TOPIC_SPECIALS = ("/", "+", "#")
 
 
 # --------------------------------------------------------------------------- helpers (public)
@@ -270,6 +278,14 @@ def _parse_file(value: Any, ctx: _Ctx) -> str:
     raise _Bad(f"file not found: {candidates[0]}")
 
 
+def _parse_model_path(value: Any, ctx: _Ctx) -> str:
+    """A model file, or an OpenVINO ``*_openvino_model`` directory (one holding a .xml)."""
+    for candidate in _resolve_path(value, ctx):
+        if candidate.is_dir() and any(candidate.glob("*.xml")):
+            return str(candidate)
+    return _parse_file(value, ctx)
+
+
 def _parse_dir(value: Any, ctx: _Ctx) -> str:
     if not isinstance(value, str) or not value.strip():
         raise _Mismatch("a directory path", value)
@@ -378,12 +394,89 @@ def _meta(
     *,
     check: Callable[[Any], str | None] | None = None,
     parse: Callable[[Any, _Ctx], Any] | None = None,
+    build: Callable[[Any, _PathT, _Ctx], Any] | None = None,
     normalise: Callable[[str], str] | None = None,
     secret: bool = False,
     url: bool = False,
 ) -> dict[str, Any]:
-    """Field metadata read by the builder (checks run after the type is right)."""
-    return {"check": check, "parse": parse, "normalise": normalise, "secret": secret, "url": url}
+    """Field metadata read by the builder (checks run after the type is right).
+
+    ``parse(value, ctx)`` replaces the type-driven build of a scalar-like value; ``build(value,
+    path, ctx)`` does the same for a container whose nested problems need their own paths.
+    """
+    return {"check": check, "parse": parse, "build": build, "normalise": normalise, "secret": secret,
+            "url": url}
+
+
+# --------------------------------------------------------------------------- polygons
+
+
+@dataclass(frozen=True, slots=True)
+class Polygon:
+    """A zone or mask outline: 3 or more ``(x, y)`` points.
+
+    ``pixels`` is False when every coordinate is within 0..1 (fractions of the frame width and
+    height) and True when any coordinate is above 1 (source-frame pixels). Written in YAML as
+    ``[[x, y], [x, y], ...]``.
+    """
+
+    points: tuple[tuple[float, float], ...]
+    pixels: bool
+
+    def to_list(self) -> list[list[float]]:
+        return [[x, y] for x, y in self.points]
+
+
+def _polygon_area(points: list[tuple[float, float]]) -> float:
+    twice = sum(x1 * y2 - x2 * y1 for (x1, y1), (x2, y2) in zip(points, points[1:] + points[:1], strict=True))
+    return abs(twice) / 2.0
+
+
+def _build_polygon(value: Any, path: _PathT, ctx: _Ctx) -> Any:
+    """``[[x, y], ...]`` -> Polygon; problems with single points are reported at their own line."""
+    if not isinstance(value, list):
+        raise _Mismatch("a list of [x, y] points", value)
+    points: list[tuple[float, float]] = []
+    ok = True
+    for i, item in enumerate(value):
+        point_path = (*path, i)
+        if item is _INVALID:
+            ok = False
+            continue
+        if not isinstance(item, list) or len(item) != 2:
+            count = len(item) if isinstance(item, list) else 0
+            got = f"{count} value{'' if count == 1 else 's'}" if isinstance(item, list) else _show(item)
+            ctx.add(point_path, f"{_POINT_EXPECTED} (got {got})")
+            ok = False
+            continue
+        coords: list[float] = []
+        for j, raw in enumerate(item):
+            try:
+                number = _scalar(float, raw) if raw is not _INVALID else _INVALID
+            except _Mismatch as exc:
+                ctx.add((*point_path, j), exc.render())
+                number = _INVALID
+            if number is not _INVALID and not number >= 0:
+                ctx.add((*point_path, j), f"coordinates must be >= 0 (got {_show(number)})")
+                number = _INVALID
+            if number is _INVALID:
+                ok = False
+            else:
+                coords.append(number)
+        if len(coords) == 2:
+            points.append((coords[0], coords[1]))
+    if not ok:
+        return _INVALID
+    if len(points) < 3:
+        raise _Bad(f"a polygon needs at least 3 points (got {len(points)})")
+    if _polygon_area(points) == 0.0:
+        raise _Bad("the polygon has no area (its points are on one line)")
+    pixels = any(v > 1.0 for point in points for v in point)
+    return Polygon(tuple(points), pixels)
+
+
+# Value types that are not sections but build themselves from YAML (with nested paths).
+_VALUE_BUILDERS: dict[Any, Callable[[Any, _PathT, _Ctx], Any]] = {Polygon: _build_polygon}
 
 
 # --------------------------------------------------------------------------- sections
@@ -395,8 +488,11 @@ class _Section:
     __slots__ = ()
     __dataclass_fields__: ClassVar[dict[str, Any]]
 
-    def validate(self) -> list[tuple[str, str]]:
-        """Cross-field rules: ``(key, message)`` pairs, empty when the section is consistent."""
+    def validate(self) -> Sequence[tuple[str | tuple[str, ...], str]]:
+        """Cross-field rules: ``(key, message)`` pairs, empty when the section is consistent.
+
+        ``key`` is a key of this section, or a tuple of keys for a value nested deeper.
+        """
         return []
 
     def to_dict(self, masked: bool = True) -> dict[str, Any]:
@@ -421,6 +517,8 @@ def _plain(value: Any, meta: Any, masked: bool, keep: bool = False) -> Any:
         return mask_url(value)
     if isinstance(value, _Section):
         return value if keep else value.to_dict(masked)
+    if isinstance(value, Polygon):
+        return value if keep else value.to_list()
     if isinstance(value, dict):
         return {k: _plain(v, {}, masked, keep) for k, v in value.items()}
     if isinstance(value, list):
@@ -443,6 +541,8 @@ class CameraConfig(_Section):
     realtime: bool = True
     stall_timeout_s: float = field(default=10.0, metadata=_meta(check=_positive))
     queue_size: int = field(default=1, metadata=_meta(check=_between(1, 16)))
+    zones: dict[str, Polygon] = field(default_factory=dict)
+    masks: list[Polygon] = field(default_factory=list)
 
     @property
     def kind(self) -> CameraKind:
@@ -468,8 +568,10 @@ class CameraConfig(_Section):
 
 @dataclass(frozen=True, slots=True, kw_only=True, repr=False)
 class ModelConfig(_Section):
-    path: str = field(metadata=_meta(parse=_parse_file))
+    path: str = field(metadata=_meta(parse=_parse_model_path))
     device: str = field(default="cpu", metadata=_meta(check=_torch_device))
+    # auto: by model.path (.onnx -> onnxruntime, *_openvino_model/ or .xml -> openvino, else torchscript)
+    backend: Literal["auto", "torchscript", "onnxruntime", "openvino"] = "auto"
     half: bool = False
     conf: float = field(default=0.25, metadata=_meta(check=_between(0, 1)))
     iou: float = field(default=0.7, metadata=_meta(check=_between(0, 1)))
@@ -479,6 +581,8 @@ class ModelConfig(_Section):
     def validate(self) -> list[tuple[str, str]]:
         if self.half and self.device == "cpu":
             return [("half", "half precision needs a CUDA device")]
+        if self.backend == "openvino" and self.device != "cpu":
+            return [("device", f"the openvino backend runs on cpu only (got {self.device!r})")]
         return []
 
 
@@ -559,6 +663,116 @@ class MetricsConfig(_Section):
     port: int = field(default=9108, metadata=_meta(check=_between(0, 65535)))
 
 
+def _label_key(name: str) -> str | None:
+    if not name or any(c in name for c in _TOPIC_SPECIALS):
+        return "bad label: must not be empty or contain '/', '+' or '#' (it is an MQTT topic level)"
+    return None
+
+
+def _confirm_rule(confirm: int, window: int) -> str:
+    return f"confirm_frames ({confirm}) must be <= window_frames ({window})"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True, repr=False)
+class EventThresholds(_Section):
+    """When detections of one label become an event (K of N frames) and when it updates / ends."""
+
+    confirm_frames: int = field(default=3, metadata=_meta(check=_at_least(1)))
+    window_frames: int = field(default=5, metadata=_meta(check=_at_least(1)))
+    min_score: float = field(default=0.5, metadata=_meta(check=_between(0, 1)))
+    min_area: float = field(default=0.0, metadata=_meta(check=_between(0, 1)))
+    clear_after_s: float = field(default=10.0, metadata=_meta(check=_positive))
+    update_interval_s: float = field(default=5.0, metadata=_meta(check=_at_least(0)))
+
+    def validate(self) -> list[tuple[str, str]]:
+        if self.confirm_frames > self.window_frames:
+            return [("confirm_frames", _confirm_rule(self.confirm_frames, self.window_frames))]
+        return []
+
+
+@dataclass(frozen=True, slots=True, kw_only=True, repr=False)
+class EventOverrides(_Section):
+    """Per-label overrides of :class:`EventThresholds`; ``None`` keeps the default."""
+
+    confirm_frames: int | None = field(default=None, metadata=_meta(check=_at_least(1)))
+    window_frames: int | None = field(default=None, metadata=_meta(check=_at_least(1)))
+    min_score: float | None = field(default=None, metadata=_meta(check=_between(0, 1)))
+    min_area: float | None = field(default=None, metadata=_meta(check=_between(0, 1)))
+    clear_after_s: float | None = field(default=None, metadata=_meta(check=_positive))
+    update_interval_s: float | None = field(default=None, metadata=_meta(check=_at_least(0)))
+
+    def to_dict(self, masked: bool = True) -> dict[str, Any]:
+        return {k: v for k, v in _Section.to_dict(self, masked).items() if v is not None}
+
+    def apply(self, base: EventThresholds) -> EventThresholds:
+        changes = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)
+                   if getattr(self, f.name) is not None}
+        return dataclasses.replace(base, **changes)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True, repr=False)
+class SnapshotConfig(_Section):
+    """Event snapshots under ``<state_dir>/snapshots``; the oldest are deleted first."""
+
+    enabled: bool = True
+    keep: int = field(default=200, metadata=_meta(check=_at_least(1)))
+    max_mb: float = field(default=200.0, metadata=_meta(check=_positive))
+    crop: bool = False
+
+
+def _build_labels(value: Any, path: _PathT, ctx: _Ctx) -> Any:
+    """``events.labels``: label -> overrides. Labels are model labels, so spaces are allowed."""
+    if not isinstance(value, dict):
+        raise _Mismatch("a mapping", value)
+    out: dict[str, Any] = {}
+    for name, item in value.items():
+        item_path = (*path, name)
+        problem = _label_key(str(name))
+        if problem:
+            ctx.add(item_path, problem, ctx.key_line_of(item_path))
+            out[name] = _INVALID
+        else:
+            out[name] = _element(EventOverrides, item, item_path, ctx)
+    return _INVALID if any(item is _INVALID for item in out.values()) else out
+
+
+@dataclass(frozen=True, slots=True, kw_only=True, repr=False)
+class EventsConfig(_Section):
+    """Confirmed events: per-label thresholds and snapshots (see docs in config/edgedet.example.yaml)."""
+
+    enabled: bool = True
+    default: EventThresholds = field(default_factory=EventThresholds)
+    labels: dict[str, EventOverrides] = field(default_factory=dict, metadata=_meta(build=_build_labels))
+    snapshots: SnapshotConfig = field(default_factory=SnapshotConfig)
+
+    def thresholds(self, label: str) -> EventThresholds:
+        """The thresholds for ``label``: its overrides applied to ``default``."""
+        overrides = self.labels.get(label)
+        return self.default if overrides is None else overrides.apply(self.default)
+
+    def validate(self) -> list[tuple[str | tuple[str, ...], str]]:
+        out: list[tuple[str | tuple[str, ...], str]] = []
+        for label, overrides in self.labels.items():
+            merged = overrides.apply(self.default)
+            if merged.confirm_frames > merged.window_frames:
+                key = "confirm_frames" if overrides.confirm_frames is not None else "window_frames"
+                out.append((("labels", label, key), _confirm_rule(merged.confirm_frames, merged.window_frames)))
+        return out
+
+
+@dataclass(frozen=True, slots=True, kw_only=True, repr=False)
+class OutboxConfig(_Section):
+    """On-disk outbox of QoS>=1 MQTT messages at ``<state_dir>/outbox.sqlite3`` (see edgedet/outbox.py).
+
+    ``mode: events_only`` stores events and snapshots but not the per-frame detections.
+    """
+
+    enabled: bool = True
+    mode: Literal["all", "events_only"] = "all"
+    max_messages: int = field(default=100_000, metadata=_meta(check=_at_least(100)))
+    max_age_s: float = field(default=7 * 24 * 3600.0, metadata=_meta(check=_positive))
+
+
 @dataclass(frozen=True, slots=True, kw_only=True, repr=False)
 class Config(_Section):
     """The whole daemon configuration (see config/edgedet.example.yaml)."""
@@ -573,6 +787,11 @@ class Config(_Section):
     workers: WorkersConfig = field(default_factory=WorkersConfig)
     mqtt: MqttConfig = field(default_factory=MqttConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
+    events: EventsConfig = field(default_factory=EventsConfig)
+    outbox: OutboxConfig = field(default_factory=OutboxConfig)
+    # systemd watchdog: pings stop (and systemd restarts edgedet) when no live camera has had a
+    # frame processed for this long, or a worker is stuck.
+    watchdog_grace_s: float = field(default=120.0, metadata=_meta(check=_positive))
 
     def validate(self) -> list[tuple[str, str]]:
         if self.cameras and not any(cam.enabled for cam in self.cameras.values()):
@@ -800,6 +1019,9 @@ def _build(tp: Any, value: Any, path: _PathT, ctx: _Ctx) -> Any:
         return _INVALID if any(item is _INVALID for item in out.values()) else out
     if _is_section(tp):
         return _section(tp, {} if value is None else value, path, ctx)
+    builder = _VALUE_BUILDERS.get(tp)
+    if builder is not None:
+        return builder(value, path, ctx)
     return _scalar(tp, value)
 
 
@@ -822,7 +1044,12 @@ def _field(f: dataclasses.Field[Any], tp: Any, value: Any, path: _PathT, ctx: _C
             return None
         if meta.get("normalise") and isinstance(value, str):
             value = meta["normalise"](value)
-        result = meta["parse"](value, ctx) if meta.get("parse") else _build(tp, value, path, ctx)
+        if meta.get("parse"):
+            result = meta["parse"](value, ctx)
+        elif meta.get("build"):
+            result = meta["build"](value, path, ctx)
+        else:
+            result = _build(tp, value, path, ctx)
         if result is not _INVALID and meta.get("check"):
             message = meta["check"](result)
             if message:
@@ -865,7 +1092,7 @@ def _section(cls: type[_Section], value: Any, path: _PathT, ctx: _Ctx) -> Any:
     obj = cls(**kwargs)
     problems = obj.validate()
     for key, message in problems:
-        ctx.add((*path, key), message)
+        ctx.add((*path, *key) if isinstance(key, tuple) else (*path, key), message)
     if problems:
         return _INVALID
     if isinstance(obj, MqttConfig):

@@ -454,6 +454,11 @@ class EventTracker:
                     del self._labels[label]
             return out
 
+    def reconfigure(self, rules: EventRules, zones: Iterable[Zone], masks: Iterable[Zone]) -> None:
+        """New thresholds and zones (config reload); active events carry on under the new rules."""
+        with self._lock:
+            self.rules, self.zones, self.masks = rules, tuple(zones), tuple(masks)
+
     def tick(self, now: float | None = None) -> list[EventMessage]:
         """End events whose ``clear_after_s`` has passed; call periodically (``now``: the tracker's clock)."""
         with self._lock:
@@ -646,6 +651,23 @@ class EventStage:
         store = SnapshotStore.from_config(cfg)
         trackers = {name: EventTracker.from_config(name, cfg, store) for name in cameras}
         return cls(trackers, publisher, base_topic, metrics)
+
+    def reconfigure(self, cfg: Config, cameras: Iterable[str]) -> None:
+        """Config reload: new thresholds and zones apply at once; active events carry on. Trackers of
+        removed cameras end their events; new cameras get a tracker."""
+        names = list(cameras)
+        store = SnapshotStore.from_config(cfg)
+        rules = EventRules.from_config(cfg.events)
+        for name in list(self.trackers):
+            if name not in names:
+                self._send(self.trackers.pop(name).close())
+        for name in names:
+            tracker = self.trackers.get(name)
+            if tracker is None:
+                self.trackers[name] = EventTracker.from_config(name, cfg, store)
+                continue
+            zones, masks = zones_from_config(cfg.cameras[name])
+            tracker.reconfigure(rules, zones, masks)
 
     def on_frame(self, dets: Detections, image: np.ndarray | None) -> None:
         tracker = self.trackers.get(dets.camera)

@@ -11,8 +11,8 @@ from __future__ import annotations
 import datetime as _dt
 import hashlib
 import json
-import math
 import logging
+import math
 import os
 import tempfile
 import warnings
@@ -43,8 +43,20 @@ class ExportReport:
     unfused_score_diff: float  # traced vs the unfused checkpoint, class-score rows
     half: bool
     names: dict[int, str]
+    format: str = "torchscript"
+    backend_box_diff_px: float | None = None  # onnx/openvino runtime vs the eager (fused) module
+    backend_score_diff: float | None = None
+    backend_runtime: str | None = None
 
     def lines(self) -> list[str]:
+        backend: list[str] = []
+        if self.backend_box_diff_px is not None:
+            from edgedet.backends.exporting import BOX_TOLERANCE_PX, SCORE_TOLERANCE
+
+            backend = [
+                f"{self.backend_runtime} vs eager (fused): boxes {self.backend_box_diff_px:.3g} px, "
+                f"scores {self.backend_score_diff:.3g} (limits {BOX_TOLERANCE_PX} px / {SCORE_TOLERANCE})"
+            ]
         return [
             f"exported {self.path} (input {'x'.join(map(str, self.input_shape))}, "
             f"{'fp16' if self.half else 'fp32'}, {len(self.names)} classes)",
@@ -52,7 +64,7 @@ class ExportReport:
             f"traced vs unfused checkpoint: boxes {self.unfused_box_diff_px:.3g} px, "
             f"scores {self.unfused_score_diff:.3g} "
             + ("(fp16 vs fp32 rounding)" if self.half else "(expected float rounding from folding conv+bn)"),
-        ]
+        ] + backend
 
 
 def sha256_file(path: Path) -> str:
@@ -142,9 +154,16 @@ def export(
     half: bool = False,
     device: str = "cpu",
     check_image: Path | None = None,
+    format: str = "torchscript",
 ) -> ExportReport:
-    """Trace ``weights`` and write a TorchScript file atomically. Raises EdgedetError subclasses."""
+    """Trace ``weights`` and write a TorchScript file atomically (``format="onnx"|"openvino"``: the
+    same fused module and metadata as ONNX / OpenVINO IR, see ``edgedet.backends.exporting``).
+    Raises EdgedetError subclasses."""
     weights = Path(weights)
+    if format not in ("torchscript", "onnx", "openvino"):
+        raise InputError(f"--format: expected torchscript, onnx or openvino (got {format!r})")
+    if half and format != "torchscript":
+        raise InputError(f"--half: {format} exports are fp32 (fp16 is for TorchScript on CUDA)")
     if not weights.is_file():
         raise InputError(f"--weights: file not found: {weights}")
     if not os.access(weights, os.R_OK):
@@ -160,7 +179,7 @@ def export(
 
     try:
         yolo = YOLO(str(weights))
-    except Exception as exc:  # ultralytics raises many types for bad files
+    except Exception as exc:  # noqa: BLE001 - ultralytics raises many types for bad files
         raise ModelError(f"{weights}: not a loadable Ultralytics checkpoint ({exc})") from None
     if getattr(yolo, "task", None) != "detect":
         raise ModelError(f"{weights}: task is {getattr(yolo, 'task', None)!r}; edgedet exports detect models")
@@ -221,7 +240,7 @@ def export(
 
     now = _dt.datetime.now(_dt.timezone.utc).astimezone()
     metadata: dict[str, Any] = {
-        "description": f"edgedet TorchScript export of {weights.name}",
+        "description": f"edgedet {format} export of {weights.name}",
         "author": "edgedet",
         "date": now.isoformat(),
         "version": ultralytics.__version__,
@@ -243,8 +262,19 @@ def export(
             "half": half,
             "input_shape": [1, 3, h, w],
             "trace_max_abs_diff": trace_diff,
+            "format": format,
         },
     }
+    if format != "torchscript":
+        from edgedet.backends.exporting import default_output, export_backend
+
+        output = Path(output) if output else default_output(weights, format)
+        b_box, b_score, runtime = export_backend(format, eager, inputs, metadata, output)
+        return ExportReport(
+            path=output, input_shape=(1, 3, h, w), trace_max_abs_diff=trace_diff, unfused_box_diff_px=box_diff,
+            unfused_score_diff=score_diff, half=half, names=names, format=format,
+            backend_box_diff_px=b_box, backend_score_diff=b_score, backend_runtime=runtime,
+        )
     output = Path(output) if output else weights.with_suffix(".torchscript")
     output.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(prefix=f".{output.name}.", suffix=".tmp", dir=output.parent)

@@ -107,6 +107,26 @@ class FrameHub:
             self._by_name[name] = queue
             return queue
 
+    def remove_camera(self, name: str) -> None:
+        """Forget a camera (config reload): its queued frames are discarded, a blocked ``put`` on
+        its queue returns False, and the name may be added again."""
+        with self._cond:
+            queue = self._by_name.pop(name, None)
+            if queue is None:
+                return
+            queue._closed = True
+            queue._frames.clear()
+            queue._update_depth()
+            index = self._queues.index(queue)
+            self._queues.remove(queue)
+            if self._next > index:
+                self._next -= 1
+            if self._queues:
+                self._next %= len(self._queues)
+            else:
+                self._next = 0
+            self._cond.notify_all()
+
     def get(self, timeout: float | None) -> Frame | None:
         """Next frame, round-robin over cameras that have one.
 

@@ -63,7 +63,9 @@ class InferenceWorker(threading.Thread):
         metrics: Metrics | None = None,
         options: DecodeOptions | None = None,
         poll_s: float = 0.2,
+        on_crash: Callable[[BaseException], None] | None = None,
     ) -> None:
+        """``stop`` ends this worker; ``on_crash`` (default: set ``stop``) is told about a crash."""
         super().__init__(name=f"infer:{index}", daemon=True)
         self.hub = hub
         self.detector = detector
@@ -72,6 +74,7 @@ class InferenceWorker(threading.Thread):
         self.metrics = metrics
         self.options = options or DecodeOptions()
         self.poll_s = poll_s
+        self.on_crash = on_crash
         self.error: BaseException | None = None
         self.processed = 0
         info = detector.info
@@ -89,7 +92,10 @@ class InferenceWorker(threading.Thread):
         except BaseException as exc:  # noqa: BLE001 - a crashed worker must stop the daemon loudly
             self.error = exc
             log.exception("inference worker %s crashed; stopping edgedet", self.name)
-            self.stop_event.set()
+            if self.on_crash is not None:
+                self.on_crash(exc)
+            else:
+                self.stop_event.set()
 
     def process(self, frame: Frame) -> Detections:
         m = self.metrics
@@ -137,6 +143,52 @@ class InferenceWorker(threading.Thread):
         self.sink(dets, frame)
         self.processed += 1
         return dets
+
+
+class WorkerPool:
+    """The inference threads; restartable with another detector (config reload) without touching
+    capture or MQTT. A crashed worker calls ``on_crash``, which stops the daemon."""
+
+    def __init__(self, hub: FrameHub, sink: Sink, metrics: Metrics | None,
+                 on_crash: Callable[[BaseException], None]) -> None:
+        self.hub = hub
+        self.sink = sink
+        self.metrics = metrics
+        self.on_crash = on_crash
+        self.workers: list[InferenceWorker] = []
+        self._stop = threading.Event()
+        self._generation = 0
+
+    def start(self, detector: Detector, options: DecodeOptions, count: int) -> None:
+        self._stop = threading.Event()
+        base = self._generation * count
+        self._generation += 1
+        self.workers = [
+            InferenceWorker(base + i, self.hub, detector, self._stop, self.sink, self.metrics, options,
+                            on_crash=self.on_crash)
+            for i in range(count)
+        ]
+        for w in self.workers:
+            w.start()
+
+    def stop(self, timeout: float) -> list[InferenceWorker]:
+        """Let each worker finish its frame and exit; returns the workers still alive."""
+        self._stop.set()
+        deadline = time.monotonic() + timeout
+        for w in self.workers:
+            w.join(max(0.0, deadline - time.monotonic()))
+        return [w for w in self.workers if w.is_alive()]
+
+    def alive(self) -> bool:
+        return any(w.is_alive() for w in self.workers)
+
+    @property
+    def processed(self) -> int:
+        return sum(w.processed for w in self.workers)
+
+    @property
+    def errors(self) -> list[BaseException]:
+        return [w.error for w in self.workers if w.error is not None]
 
 
 def _float32() -> type:

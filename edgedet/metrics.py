@@ -18,6 +18,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 
 from edgedet.errors import ConfigError
+from edgedet.outbox import DROP_REASONS as OUTBOX_DROP_REASONS
 
 log = logging.getLogger(__name__)
 
@@ -111,6 +112,28 @@ class Metrics:
         )
         self.workers_busy = Gauge(
             "edgedet_workers_busy", "Inference workers currently processing a frame.", registry=registry
+        )
+        self.outbox_messages = Gauge(
+            "edgedet_outbox_messages", "QoS>=1 MQTT messages in the on-disk outbox, not yet acknowledged.",
+            registry=registry,
+        )
+        self.outbox_dropped = Counter(
+            "edgedet_outbox_dropped_total",
+            "Outbox messages dropped unsent, oldest first (reason: size = max_messages, age = max_age_s).",
+            ("reason",),
+            registry=registry,
+        )
+        for reason in OUTBOX_DROP_REASONS:
+            self.outbox_dropped.labels(reason=reason)
+        self.events = Counter(
+            "edgedet_events_total",
+            "Event lifecycle messages published (type: new, update, end).",
+            ("camera", "label", "type"),
+            registry=registry,
+        )
+        self.events_active = Gauge(
+            "edgedet_events_active", "1 while an event is active for the camera and label.",
+            ("camera", "label"), registry=registry,
         )
         self.build = Info("edgedet_build", "Build and runtime information.", registry=registry)
 

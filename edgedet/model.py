@@ -49,6 +49,14 @@ class Detector(Protocol):
     info: ModelInfo
     device: str
 
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        """(1, 3, h, w): the fixed input the model was exported for."""
+
+    @property
+    def np_dtype(self) -> type[np.floating[Any]]:
+        """dtype the preprocessed batch should have (float32, or float16 for half models)."""
+
     def infer(self, batch: np.ndarray) -> np.ndarray:
         """Raw head output for a preprocessed (N, 3, H, W) batch."""
 
@@ -58,7 +66,9 @@ def parse_metadata(raw: str | bytes, path: Path) -> ModelInfo:
     try:
         meta = json.loads(raw)
     except (ValueError, UnicodeDecodeError):
-        raise ModelError(f"{path}: metadata {METADATA_FILE} is not valid JSON; re-export with `edgedet export`") from None
+        raise ModelError(
+            f"{path}: metadata {METADATA_FILE} is not valid JSON; re-export with `edgedet export`"
+        ) from None
     if not isinstance(meta, dict):
         raise ModelError(f"{path}: metadata {METADATA_FILE} is not a JSON object")
 
@@ -97,8 +107,8 @@ def parse_metadata(raw: str | bytes, path: Path) -> ModelInfo:
         raise ModelError(f"{path}: task is {task!r}; edgedet runs detection models only")
     if meta.get("end2end") or (isinstance(meta.get("args"), dict) and meta["args"].get("nms")):
         raise ModelError(f"{path}: exported with NMS inside the model; export without nms (edgedet does NMS itself)")
-    ours = meta.get("edgedet") if isinstance(meta.get("edgedet"), dict) else {}
-    args = meta.get("args") if isinstance(meta.get("args"), dict) else {}
+    ours: dict[str, Any] = meta["edgedet"] if isinstance(meta.get("edgedet"), dict) else {}
+    args: dict[str, Any] = meta["args"] if isinstance(meta.get("args"), dict) else {}
     return ModelInfo(
         name=path.stem,
         names=names,
@@ -264,5 +274,27 @@ def set_torch_threads(n: int) -> None:
     torch.set_num_threads(max(1, n))
 
 
-def load_detector(path: str | os.PathLike[str], device: str = "cpu", half: bool | None = None) -> TorchScriptDetector:
+def load_detector(
+    path: str | os.PathLike[str],
+    device: str = "cpu",
+    half: bool | None = None,
+    backend: str = "auto",
+    threads: int | None = None,
+) -> Detector:
+    """Load ``path`` with ``backend`` (``auto``: by the path, see ``edgedet.backends.resolve_backend``).
+
+    Only the chosen backend's runtime is imported. ``threads`` sets ONNX Runtime's intra-op /
+    OpenVINO's inference threads; TorchScript uses the process-wide ``set_torch_threads``.
+    """
+    from edgedet.backends import resolve_backend
+
+    kind = resolve_backend(path, backend)
+    if kind == "onnxruntime":
+        from edgedet.backends.onnxruntime import OnnxRuntimeDetector
+
+        return OnnxRuntimeDetector(path, device=device, half=half, threads=threads)
+    if kind == "openvino":
+        from edgedet.backends.openvino import OpenVinoDetector
+
+        return OpenVinoDetector(path, device=device, half=half, threads=threads)
     return TorchScriptDetector(path, device=device, half=half)

@@ -57,8 +57,8 @@ def decode(
     xyxy = np.concatenate((cxcywh[:, :2] - half_wh, cxcywh[:, :2] + half_wh), axis=1)
     # NMSBoxesBatched takes (x, y, w, h) boxes and offsets them per class itself.
     xywh = np.concatenate((xyxy[:, :2], xyxy[:, 2:] - xyxy[:, :2]), axis=1)
-    kept = cv2.dnn.NMSBoxesBatched(xywh.tolist(), scores.tolist(), class_ids.tolist(), 0.0, float(iou))
-    kept = np.asarray(kept, dtype=np.int64).reshape(-1)[:max_det]
+    nms = cv2.dnn.NMSBoxesBatched(xywh.tolist(), scores.tolist(), class_ids.tolist(), 0.0, float(iou))
+    kept = np.asarray(nms, dtype=np.int64).reshape(-1)[:max_det]
     if kept.size == 0:
         return ()
     boxes = xyxy[kept]

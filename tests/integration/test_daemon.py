@@ -132,7 +132,7 @@ def test_file_is_processed_completely_then_exit_0(tmp_path: Path, mosquitto, ass
 
     clip = tmp_path / "short.mp4"
     writer = cv2.VideoWriter(str(clip), cv2.VideoWriter_fourcc(*"mp4v"), 25, (1280, 720))
-    for i, jpg in enumerate(sorted(assets.frames.glob("*.jpg"))[:20]):
+    for jpg in sorted(assets.frames.glob("*.jpg"))[:20]:
         writer.write(cv2.imread(str(jpg)))
     writer.release()
     cfg, _ = write_config(
@@ -175,7 +175,7 @@ def test_newest_frame_policy_bounds_latency(tmp_path: Path, mosquitto, assets, m
     first, second = e2e[: len(e2e) // 2], e2e[len(e2e) // 2:]
     assert statistics.median(second) < 1.5 * statistics.median(first) + 20, "latency must not grow"
     seqs = [m["seq"] for m in msgs]
-    assert any(b - a > 1 for a, b in zip(seqs, seqs[1:])), "seq gaps show the dropped frames"
+    assert any(b - a > 1 for a, b in zip(seqs, seqs[1:], strict=False)), "seq gaps show the dropped frames"
     print(f"newest-frame: inference {inference:.0f} ms, e2e p50 {statistics.median(e2e):.0f} p90 {p90:.0f} ms, "
           f"dropped {dropped:.0f}/{captured:.0f}")
 

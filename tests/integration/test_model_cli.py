@@ -66,7 +66,8 @@ def _bad_models(tmp_path: Path) -> dict[str, tuple[Path, str]]:
     cases["no_metadata"] = (resave(tmp_path, "nometa.torchscript", None), "no model metadata")
     meta = demo_metadata()
     meta["names"] = {"0": "a", "1": "b", "2": "c"}
-    cases["class_mismatch"] = (resave(tmp_path, "classes.torchscript", meta), "outputs 2 classes but its metadata names 3")
+    mismatch = resave(tmp_path, "classes.torchscript", meta)
+    cases["class_mismatch"] = (mismatch, "outputs 2 classes but its metadata names 3")
     cases["directory"] = (tmp_path, "not a regular file")
     return cases
 

@@ -13,7 +13,9 @@ import yaml
 from edgedet.config import (
     CameraConfig,
     Config,
+    EventThresholds,
     MqttConfig,
+    Polygon,
     default_client_id,
     dump_config,
     load_config,
@@ -225,7 +227,7 @@ def test_device_and_file_options(base: Path) -> None:
 def test_unknown_top_level_key_without_a_close_match_lists_the_valid_keys(base: Path) -> None:
     assert problems("x-defaults: &defaults {fps_limit: 4}\n" + MINIMAL, base) == [
         "config.yaml:1: x-defaults: unknown key 'x-defaults' (valid keys: node_id, log_level, state_dir, "
-        "cameras, model, workers, mqtt, metrics)"
+        "cameras, model, workers, mqtt, metrics, events, outbox, watchdog_grace_s)"
     ]
 
 
@@ -330,8 +332,8 @@ MODEL_ERRORS = [
     ("classes: [person, 1.5]  " + MARK, "model.classes[1]: expected a string or an integer (got 1.5)"),
     ("classes: person  " + MARK, "model.classes: expected a list (got 'person')"),
     ("max_det: 0  " + MARK, "model.max_det: must be >= 1 (got 0)"),
-    ("weights: x.pt  " + MARK, "model.weights: unknown key 'weights' (valid keys: path, device, half, conf, "
-                               "iou, classes, max_det)"),
+    ("weights: x.pt  " + MARK, "model.weights: unknown key 'weights' (valid keys: path, device, backend, half, "
+                               "conf, iou, classes, max_det)"),
 ]
 
 
@@ -661,7 +663,7 @@ def test_dump_is_plain_yaml_that_loads_back_to_the_same_config(base: Path) -> No
     cfg = _secret_config(base)
     text = dump_config(cfg, masked=False)
     assert list(yaml.safe_load(text)) == ["node_id", "log_level", "state_dir", "cameras", "model",
-                                          "workers", "mqtt", "metrics"]
+                                          "workers", "mqtt", "metrics", "events", "outbox", "watchdog_grace_s"]
     assert parse(text, base) == cfg
     assert parse_config(dump_config(cfg), "dump").mqtt.password == "***"
 
@@ -686,6 +688,187 @@ def test_config_is_frozen(base: Path) -> None:
     with pytest.raises(AttributeError):
         cfg.node_id = "other"  # type: ignore[misc]
     assert isinstance(cfg.mqtt, MqttConfig)
+
+
+# --------------------------------------------------------------------------- events, zones and masks
+
+
+def test_events_defaults(base: Path) -> None:
+    cfg = parse(MINIMAL, base)
+    ev = cfg.events
+    assert (ev.enabled, ev.labels) == (True, {})
+    d = ev.default
+    assert (d.confirm_frames, d.window_frames, d.min_score, d.min_area, d.clear_after_s, d.update_interval_s) == (
+        3, 5, 0.5, 0.0, 10.0, 5.0)
+    s = ev.snapshots
+    assert (s.enabled, s.keep, s.max_mb, s.crop) == (True, 200, 200.0, False)
+    assert ev.thresholds("person") == d
+    gate = cfg.cameras["gate"]
+    assert (gate.zones, gate.masks) == ({}, [])
+
+
+def test_events_zones_and_masks_values(base: Path) -> None:
+    text = (
+        "cameras:\n"
+        "  ridge:\n"
+        "    url: rtsp://cam.local/ridge\n"
+        "    zones: {valley: [[0.0, 0.4], [1.0, 0.4], [1.0, 1.0], [0.0, 1.0]], gate-2: [[0, 0], [640, 0], [0, 1]]}\n"
+        "    masks: [[[0.8, 0.0], [1.0, 0.0], [1.0, 0.1], [0.8, 0.1]]]\n"
+        + MODEL +
+        "events:\n"
+        "  enabled: false\n"
+        "  default: {confirm_frames: 2, window_frames: 4, min_score: 0.4, min_area: 0.01, clear_after_s: 30,\n"
+        "            update_interval_s: 0}\n"
+        "  labels: {smoke: {min_score: 0.6, confirm_frames: 4}, traffic light: {clear_after_s: 5}, fire: null}\n"
+        "  snapshots: {enabled: false, keep: 5, max_mb: 1.5, crop: true}\n"
+    )
+    cfg = parse(text, base)
+    ridge = cfg.cameras["ridge"]
+    assert list(ridge.zones) == ["valley", "gate-2"]
+    valley, gate = ridge.zones["valley"], ridge.zones["gate-2"]
+    assert valley == Polygon(((0.0, 0.4), (1.0, 0.4), (1.0, 1.0), (0.0, 1.0)), pixels=False)
+    assert gate == Polygon(((0.0, 0.0), (640.0, 0.0), (0.0, 1.0)), pixels=True)
+    assert all(isinstance(v, float) for point in gate.points for v in point)
+    assert ridge.masks == [Polygon(((0.8, 0.0), (1.0, 0.0), (1.0, 0.1), (0.8, 0.1)), pixels=False)]
+    ev = cfg.events
+    assert ev.enabled is False
+    assert ev.default == EventThresholds(confirm_frames=2, window_frames=4, min_score=0.4, min_area=0.01,
+                                         clear_after_s=30.0, update_interval_s=0.0)
+    assert ev.thresholds("smoke") == EventThresholds(confirm_frames=4, window_frames=4, min_score=0.6,
+                                                     min_area=0.01, clear_after_s=30.0, update_interval_s=0.0)
+    assert ev.thresholds("traffic light").clear_after_s == 5.0
+    assert ev.thresholds("fire") == ev.thresholds("person") == ev.default
+    assert (ev.snapshots.enabled, ev.snapshots.keep, ev.snapshots.max_mb, ev.snapshots.crop) == (
+        False, 5, 1.5, True)
+    # the dump writes polygons back as point lists and only the overrides that are set
+    dumped = yaml.safe_load(dump_config(cfg))
+    assert dumped["cameras"]["ridge"]["zones"]["valley"] == [[0.0, 0.4], [1.0, 0.4], [1.0, 1.0], [0.0, 1.0]]
+    assert dumped["events"]["labels"] == {"smoke": {"confirm_frames": 4, "min_score": 0.6},
+                                          "traffic light": {"clear_after_s": 5.0}, "fire": {}}
+    assert parse(dump_config(cfg), base) == cfg
+
+
+def test_env_values_fill_polygon_coordinates(base: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("EDGEDET_T_X", "0.25")
+    cfg = parse(camera("url: 0", "zones: {a: [[0, 0], ['${EDGEDET_T_X}', 0], [0, 1]]}"), base)
+    assert cfg.cameras["gate"].zones["a"].points[1] == (0.25, 0.0)
+
+
+ZONE_ERRORS = [
+    ("zones: {bad zone: [[0, 0], [1, 0], [1, 1]]}  " + MARK,
+     "cameras.gate.zones.bad zone: bad name: use only letters, digits, '_' and '-' (it is an MQTT topic level)"),
+    ("zones: {a: [[0, 0], [1, 1]]}  " + MARK, "cameras.gate.zones.a: a polygon needs at least 3 points (got 2)"),
+    ("zones: {a: [[0, 0], [1, 1], [2, 2]]}  " + MARK,
+     "cameras.gate.zones.a: the polygon has no area (its points are on one line)"),
+    ("zones: {a: [[0, 0], [1, x], [0, 1]]}  " + MARK, "cameras.gate.zones.a[1][1]: expected a number (got 'x')"),
+    ("zones: {a: [[0, 0], [1], [0, 1]]}  " + MARK,
+     "cameras.gate.zones.a[1]: expected a point [x, y] (got 1 value)"),
+    ("zones: {a: [[0, 0], [1, 0, 0], [0, 1]]}  " + MARK,
+     "cameras.gate.zones.a[1]: expected a point [x, y] (got 3 values)"),
+    ("zones: {a: [[0, 0], 5, [0, 1]]}  " + MARK, "cameras.gate.zones.a[1]: expected a point [x, y] (got 5)"),
+    ("zones: {a: [[0, 0], [true, 0], [0, 1]]}  " + MARK,
+     "cameras.gate.zones.a[1][0]: expected a number (got true)"),
+    ("zones: {a: [[0, 0], [-0.5, 0], [0, 1]]}  " + MARK,
+     "cameras.gate.zones.a[1][0]: coordinates must be >= 0 (got -0.5)"),
+    ("zones: {a: 5}  " + MARK, "cameras.gate.zones.a: expected a list of [x, y] points (got 5)"),
+    ("zones: [[0, 0], [1, 0], [0, 1]]  " + MARK, "cameras.gate.zones: expected a mapping (got a list)"),
+    ("masks: [[[0, 0], [1, 0]]]  " + MARK, "cameras.gate.masks[0]: a polygon needs at least 3 points (got 2)"),
+    ("masks: {a: [[0, 0], [1, 0], [0, 1]]}  " + MARK, "cameras.gate.masks: expected a list (got a mapping)"),
+    ("zone: {}  " + MARK, "cameras.gate.zone: unknown key 'zone' (did you mean 'zones'?)"),
+]
+
+
+@pytest.mark.parametrize(("line", "message"), ZONE_ERRORS)
+def test_zone_and_mask_errors(base: Path, line: str, message: str) -> None:
+    text = camera("url: rtsp://cam.local/stream", line)
+    assert problems(text, base) == [f"config.yaml:{marked_line(text)}: {message}"]
+
+
+def test_polygon_point_problems_are_reported_on_their_own_lines(base: Path) -> None:
+    text = camera(
+        "url: 0",
+        "zones:",
+        "  a:",
+        "    - [0, 0]",
+        "    - [1, x]  " + MARK,
+        "    - [0, 1]",
+    )
+    assert problems(text, base) == [f"config.yaml:{marked_line(text)}: cameras.gate.zones.a[1][1]: "
+                                    "expected a number (got 'x')"]
+
+
+EVENT_ERRORS = [
+    ("events: {enabled: maybe}  " + MARK, "events.enabled: expected true or false (got 'maybe')"),
+    ("events: {enable: true}  " + MARK, "events.enable: unknown key 'enable' (did you mean 'enabled'?)"),
+    ("events: {default: {confirm_frames: 0}}  " + MARK, "events.default.confirm_frames: must be >= 1 (got 0)"),
+    ("events: {default: {window_frames: 0}}  " + MARK, "events.default.window_frames: must be >= 1 (got 0)"),
+    ("events: {default: {confirm_frames: 6}}  " + MARK,
+     "events.default.confirm_frames: confirm_frames (6) must be <= window_frames (5)"),
+    ("events: {default: {min_score: 1.5}}  " + MARK, "events.default.min_score: must be between 0 and 1 (got 1.5)"),
+    ("events: {default: {min_area: -0.1}}  " + MARK, "events.default.min_area: must be between 0 and 1 (got -0.1)"),
+    ("events: {default: {clear_after_s: 0}}  " + MARK, "events.default.clear_after_s: must be > 0 (got 0.0)"),
+    ("events: {default: {update_interval_s: -1}}  " + MARK,
+     "events.default.update_interval_s: must be >= 0 (got -1.0)"),
+    ("events: {default: {confirm: 2}}  " + MARK,
+     "events.default.confirm: unknown key 'confirm' (did you mean 'confirm_frames'?)"),
+    ("events: {labels: {smoke: {min_score: 2}}}  " + MARK,
+     "events.labels.smoke.min_score: must be between 0 and 1 (got 2.0)"),
+    ("events: {labels: {smoke: {confirm_frames: 6}}}  " + MARK,
+     "events.labels.smoke.confirm_frames: confirm_frames (6) must be <= window_frames (5)"),
+    ("events: {labels: {smoke: {window_frames: 2}}}  " + MARK,
+     "events.labels.smoke.window_frames: confirm_frames (3) must be <= window_frames (2)"),
+    ("events: {labels: {smoke: {min_scor: 0.6}}}  " + MARK,
+     "events.labels.smoke.min_scor: unknown key 'min_scor' (did you mean 'min_score'?)"),
+    ("events: {labels: {smoke: 0.6}}  " + MARK, "events.labels.smoke: expected a mapping (got 0.6)"),
+    ("events: {labels: {a/b: {}}}  " + MARK,
+     "events.labels.a/b: bad label: must not be empty or contain '/', '+' or '#' (it is an MQTT topic level)"),
+    ("events: {labels: [smoke]}  " + MARK, "events.labels: expected a mapping (got a list)"),
+    ("events: {snapshots: {keep: 0}}  " + MARK, "events.snapshots.keep: must be >= 1 (got 0)"),
+    ("events: {snapshots: {max_mb: 0}}  " + MARK, "events.snapshots.max_mb: must be > 0 (got 0.0)"),
+    ("events: {snapshots: {crop: 1}}  " + MARK, "events.snapshots.crop: expected true or false (got 1)"),
+    ("events: {snapshot: {}}  " + MARK, "events.snapshot: unknown key 'snapshot' (did you mean 'snapshots'?)"),
+    ("events: 5  " + MARK, "events: expected a mapping (got 5)"),
+]
+
+
+@pytest.mark.parametrize(("line", "message"), EVENT_ERRORS)
+def test_events_errors(base: Path, line: str, message: str) -> None:
+    text = MINIMAL + line + "\n"
+    assert problems(text, base) == [f"config.yaml:{marked_line(text)}: {message}"]
+
+
+def test_event_problems_are_reported_at_once_with_their_lines(base: Path) -> None:
+    text = MINIMAL + (
+        "events:\n"                         # 6
+        "  default:\n"                      # 7
+        "    min_score: 2\n"                # 8
+        "  labels:\n"                       # 9
+        "    smoke:\n"                      # 10
+        "      confirm_frames: 9\n"         # 11
+        "    fire:\n"                       # 12
+        "      clear_after_s: never\n"      # 13
+        "  snapshots:\n"                    # 14
+        "    keep: -1\n"                    # 15
+    )
+    assert problems(text, base) == [
+        "config.yaml:8: events.default.min_score: must be between 0 and 1 (got 2.0)",
+        "config.yaml:13: events.labels.fire.clear_after_s: expected a number (got 'never')",
+        "config.yaml:15: events.snapshots.keep: must be >= 1 (got -1)",
+    ]
+    fixed = text.replace("min_score: 2", "min_score: 0.5").replace("never", "5").replace("-1", "1")
+    assert problems(fixed, base) == [
+        "config.yaml:11: events.labels.smoke.confirm_frames: confirm_frames (9) must be <= window_frames (5)"]
+
+
+def test_example_config_events_and_zones(base: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CAM_PASS", "campw")
+    monkeypatch.setenv("MQTT_PASSWORD", "mqttpw")
+    cfg = load_config(CONFIG_DIR / "edgedet.example.yaml", check_files=False)
+    assert cfg.events.enabled is True
+    assert cfg.events.thresholds("smoke").min_score > cfg.events.thresholds("person").min_score
+    gate = cfg.cameras["gate"]
+    assert gate.zones and gate.masks
+    assert any(p.pixels for p in gate.zones.values()) and any(not p.pixels for p in gate.zones.values())
 
 
 # --------------------------------------------------------------------------- shipped configs

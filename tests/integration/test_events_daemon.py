@@ -1,0 +1,52 @@
+"""Events from the real model on a clip where a person enters, leaves and comes back."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import jsonschema
+import pytest
+
+from edgedet.events import load_schema
+from tests.daemoncfg import write_config
+from tests.helpers import run_daemon
+
+pytestmark = pytest.mark.integration
+NODE = "testnode"
+
+
+def test_one_new_end_pair_per_appearance(tmp_path: Path, mosquitto, assets, mqtt_sub):
+    cfg, _ = write_config(
+        tmp_path,
+        {"yard": {"url": str(assets.enter_leave), "realtime": True, "loop": False}},
+        mosquitto.port,
+        events={
+            "default": {"confirm_frames": 3, "window_frames": 5, "min_score": 0.3, "clear_after_s": 1.5,
+                        "update_interval_s": 1},
+            "snapshots": {"enabled": True, "keep": 10, "max_mb": 5},
+        },
+    )
+    sub = mqtt_sub(mosquitto, f"edgedet/{NODE}/#")
+    proc = run_daemon(cfg)
+    assert proc.wait(timeout=180) == 0, proc.output()
+    sub.wait_for(lambda m: sum(1 for x in m if x.topic.endswith("/events") and b'"end"' in x.payload) >= 2,
+                 timeout=10, what="two end events")
+    events = [json.loads(m.payload) for m in sub.messages(f"edgedet/{NODE}/yard/events")]
+    schema = load_schema()
+    for e in events:
+        jsonschema.validate(e, schema)
+    lifecycle = [(e["type"], e["id"]) for e in events if e["type"] != "update"]
+    assert [t for t, _ in lifecycle] == ["new", "end", "new", "end"], lifecycle
+    first, second = lifecycle[0][1], lifecycle[2][1]
+    assert lifecycle[1][1] == first and lifecycle[3][1] == second and first != second
+    assert all(e["label"] == "Normal" and e["camera"] == "yard" for e in events)
+    ends = [e for e in events if e["type"] == "end"]
+    assert all(e["end_time"] and e["frames_seen"] >= 3 for e in ends)
+    active = [m.payload for m in sub.messages(f"edgedet/{NODE}/yard/Normal/active")]
+    assert active == [b"ON", b"OFF", b"ON", b"OFF"]
+    snapshots = sub.messages(f"edgedet/{NODE}/yard/snapshot")
+    assert snapshots and all(m.payload[:2] == b"\xff\xd8" for m in snapshots)  # JPEG
+    saved = list((tmp_path / "state" / "snapshots" / "yard").glob("*.jpg"))
+    assert saved and events[0]["snapshot"] and Path(events[0]["snapshot"]).is_file()
+    print(f"events: {lifecycle}, {len(snapshots)} snapshots")
