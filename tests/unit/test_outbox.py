@@ -105,13 +105,13 @@ def test_payload_bytes_and_flags_round_trip(path: Path) -> None:
     [
         ("all", "detections", 1, True),
         ("all", "events", 1, True),
-        ("all", "snapshot", 2, True),
+        ("all", "snapshot", 2, False),
         ("all", "other", 1, True),
         ("all", "status", 1, False),  # retained availability: re-published fresh on connect instead
         ("all", "detections", 0, False),  # QoS 0 is fire-and-forget
         ("events_only", "detections", 1, False),
         ("events_only", "events", 1, True),
-        ("events_only", "snapshot", 1, True),
+        ("events_only", "snapshot", 1, False),
         ("events_only", "status", 1, False),
         ("events_only", "events", 0, False),
     ],
