@@ -628,6 +628,8 @@ class EventPublisher(Protocol):
     def publish(self, topic: str, payload: bytes | str, qos: int = 0, retain: bool = False,
                 kind: str = "other") -> bool: ...
 
+    def set_retained(self, topic: str, payload: bytes | str | None) -> None: ...
+
 
 class EventStage:
     """Feeds every processed frame to its camera's tracker and publishes what comes out.
@@ -688,8 +690,8 @@ class EventStage:
             self.publisher.publish(f"{cam}/events", msg.to_json(), qos=1, retain=False, kind="events")
             if msg.snapshot_jpeg is not None:
                 self.publisher.publish(f"{cam}/snapshot", msg.snapshot_jpeg, qos=1, retain=True, kind="snapshot")
-            self.publisher.publish(f"{cam}/{msg.label}/active", active_payload(msg), qos=1, retain=True,
-                                   kind="events")
+            # Retained state, re-sent on every reconnect (so a broker that lost it gets it back).
+            self.publisher.set_retained(f"{cam}/{msg.label}/active", active_payload(msg))
             if self.metrics is not None:
                 self.metrics.events.labels(camera=msg.camera, label=msg.label, type=msg.type).inc()
                 self.metrics.events_active.labels(camera=msg.camera, label=msg.label).set(

@@ -319,6 +319,7 @@ class MqttPublisher:
             raise ConfigError(f"mqtt.qos: expected 0, 1 or 2 (got {cfg.qos!r})")
         # Camera availability as last reported; every camera starts offline.
         self._cameras: dict[str, bool] = dict.fromkeys(cams, False)
+        self._retained: dict[str, bytes | str] = {}  # other retained state, re-sent on reconnect
         self._lock = threading.Lock()  # guards _cameras and the order of camera-status publishes
         self._life_lock = threading.Lock()
         self._connected = threading.Event()
@@ -450,6 +451,19 @@ class MqttPublisher:
             if changed and self._connected.is_set():
                 self._send(topic, _camera_word(online), 1, True, "status")
 
+    def set_retained(self, topic: str, payload: bytes | str | None) -> None:
+        """Keep a retained state message (e.g. discovery configs, event ON/OFF) on the broker:
+        published now if connected and again on every reconnect, like the status topics.
+        ``None`` forgets it (and clears it on the broker with an empty retained message)."""
+        with self._lock:
+            if payload is None:
+                self._retained.pop(topic, None)
+                payload = b""
+            else:
+                self._retained[topic] = payload
+            if self._connected.is_set():
+                self._send(topic, payload, 1, True, "status")
+
     def forget_camera(self, camera: str) -> None:
         """A camera removed by a config reload: publish it ``offline`` (retained) and stop
         re-sending its status on reconnect."""
@@ -562,6 +576,8 @@ class MqttPublisher:
             self._send(self.topics.node_status(), node_word, 1, True, "status")
             for camera, online in self._cameras.items():
                 self._send(self.topics.camera_status(camera), _camera_word(online), 1, True, "status")
+            for topic, payload in self._retained.items():
+                self._send(topic, payload, 1, True, "status")
         if self._sender is not None:
             self._sender.connected()  # replay the outbox after the statuses
         if self._metrics is not None:
