@@ -25,6 +25,7 @@ from edgedet.config import Config, load_config
 from edgedet.errors import ConfigError, EdgedetError
 from edgedet.events import EventStage
 from edgedet.framequeue import FrameHub
+from edgedet.homeassistant import HomeAssistant
 from edgedet.inference import DecodeOptions, WorkerPool, thread_layout
 from edgedet.metrics import Metrics, serve, stop_server
 from edgedet.model import Detector, load_detector, set_torch_threads, torch_version
@@ -130,6 +131,8 @@ def _run(cfg: Config, config_path: str | Path | None, stop: threading.Event,
     publisher = MqttPublisher(cfg.mqtt, cfg.node_id, list(cameras), metrics, client_id=cfg.mqtt.client_id,
                               outbox=outbox)
     events = EventStage.from_config(cfg, cameras, publisher, f"{cfg.mqtt.topic_prefix}/{cfg.node_id}", metrics)
+    ha = HomeAssistant(publisher, cfg.node_id, cfg.mqtt.topic_prefix)  # discovery + stats (opt-in)
+    ha.configure(cfg, list(cameras), detector.info.names)
     cams = CameraSet(hub, metrics, publisher.set_camera_status)
 
     def health() -> tuple[bool, dict[str, Any]]:
@@ -159,7 +162,9 @@ def _run(cfg: Config, config_path: str | Path | None, stop: threading.Event,
 
     def sink(dets: Detections, frame: Frame) -> None:
         publisher.publish_detections(dets)
-        metrics.end_to_end.labels(camera=dets.camera).observe((time.monotonic_ns() - dets.t_mono_ns) / 1e9)
+        e2e_s = (time.monotonic_ns() - dets.t_mono_ns) / 1e9
+        metrics.end_to_end.labels(camera=dets.camera).observe(e2e_s)
+        ha.observe(dets.camera, e2e_s)
         flow.seen(dets.camera, dets.t_mono_ns)
         if events is not None:
             events.on_frame(dets, frame.image)
@@ -172,7 +177,7 @@ def _run(cfg: Config, config_path: str | Path | None, stop: threading.Event,
 
     publisher.start()
     pool = WorkerPool(hub, sink, metrics, on_crash)
-    pool.start(detector, options, count)
+    pool.start(detector, options, count, cfg.workers.batch_size, cfg.workers.batch_timeout_ms / 1000)
     for name, cam in cameras.items():
         metrics.frame_age.labels(camera=name).set_function(partial(flow.age_s, name))
         cams.start(name, cam)
@@ -195,9 +200,10 @@ def _run(cfg: Config, config_path: str | Path | None, stop: threading.Event,
     while not stop.wait(TICK_S):
         if reload_requested.is_set():
             reload_requested.clear()
-            cfg = _reload(cfg, config_path, cams, pool, events, metrics, flow, notifier, publisher)
+            cfg = _reload(cfg, config_path, cams, pool, events, metrics, flow, notifier, publisher, ha)
         if events is not None:
             events.tick()
+        ha.tick()
         if not pool.alive():
             break  # every file camera ended and the queues are drained (or a worker crashed)
     if not stop.is_set():
@@ -227,7 +233,7 @@ def _open_outbox(cfg: Config, metrics: Metrics) -> Outbox | None:
 
 def _reload(cfg: Config, config_path: str | Path | None, cams: CameraSet, pool: WorkerPool,
             events: EventStage | None, metrics: Metrics, flow: FlowTracker, notifier: Notifier,
-            publisher: MqttPublisher) -> Config:
+            publisher: MqttPublisher, ha: HomeAssistant) -> Config:
     """Apply a changed config file; on any error keep running the old config. Returns the config in force."""
     if config_path is None:
         log.warning("SIGHUP: no config file to reload")
@@ -249,12 +255,14 @@ def _reload(cfg: Config, config_path: str | Path | None, cams: CameraSet, pool: 
     if change.model:
         for w in pool.stop(JOIN_TIMEOUT_S):
             log.warning("thread %s did not stop within %.1fs", w.name, JOIN_TIMEOUT_S)
-        pool.start(detector, options, count)
+        pool.start(detector, options, count, new.workers.batch_size, new.workers.batch_timeout_ms / 1000)
         metrics.set_build(version=__version__, model=detector.info.name, torch=torch_version(),
                           device=detector.device)
     cams.stop(list(change.removed) + list(change.changed))
     for name in change.removed:
         publisher.forget_camera(name)
+    ha.configure(new, [n for n, c in new.cameras.items() if c.enabled],  # publishes only what changed
+                 detector.info.names if change.model else None)
     for name in change.added + change.changed:
         metrics.frame_age.labels(camera=name).set_function(partial(flow.age_s, name))
         cams.start(name, new.cameras[name])

@@ -43,6 +43,7 @@ __all__ = [
     "EventOverrides",
     "EventThresholds",
     "EventsConfig",
+    "HomeAssistantConfig",
     "LogLevel",
     "MetricsConfig",
     "ModelConfig",
@@ -590,6 +591,10 @@ class ModelConfig(_Section):
 class WorkersConfig(_Section):
     count: int | None = field(default=None, metadata=_meta(check=_at_least(1)))
     threads_per_worker: int | None = field(default=None, metadata=_meta(check=_at_least(1)))
+    # Cross-camera micro-batching (for GPUs): gather up to batch_size frames from different
+    # cameras, waiting at most batch_timeout_ms after the first, and run them in one forward.
+    batch_size: int = field(default=1, metadata=_meta(check=_between(1, 256)))
+    batch_timeout_ms: float = field(default=5.0, metadata=_meta(check=_between(0, 1000)))
 
 
 @dataclass(frozen=True, slots=True, kw_only=True, repr=False)
@@ -774,6 +779,15 @@ class OutboxConfig(_Section):
 
 
 @dataclass(frozen=True, slots=True, kw_only=True, repr=False)
+class HomeAssistantConfig(_Section):
+    """Home Assistant MQTT discovery (opt-in; see edgedet/homeassistant.py): retained entity
+    configs under ``<prefix>/<component>/...`` and a per-camera stats topic."""
+
+    discovery: bool = False
+    prefix: str = field(default="homeassistant", metadata=_meta(check=_topic_prefix))
+
+
+@dataclass(frozen=True, slots=True, kw_only=True, repr=False)
 class Config(_Section):
     """The whole daemon configuration (see config/edgedet.example.yaml)."""
 
@@ -789,6 +803,7 @@ class Config(_Section):
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
     events: EventsConfig = field(default_factory=EventsConfig)
     outbox: OutboxConfig = field(default_factory=OutboxConfig)
+    homeassistant: HomeAssistantConfig = field(default_factory=HomeAssistantConfig)
     # systemd watchdog: pings stop (and systemd restarts edgedet) when no live camera has had a
     # frame processed for this long, or a worker is stuck.
     watchdog_grace_s: float = field(default=120.0, metadata=_meta(check=_positive))

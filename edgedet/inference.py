@@ -51,7 +51,12 @@ def thread_layout(cores: int | None = None, count: int | None = None, threads: i
 
 
 class InferenceWorker(threading.Thread):
-    """One worker thread. Any unexpected exception is logged, recorded and stops the daemon."""
+    """One worker thread. Any unexpected exception is logged, recorded and stops the daemon.
+
+    With ``batch_size`` > 1 the worker gathers up to that many frames (different cameras take
+    turns in the hub), waiting at most ``batch_timeout_s`` after the first, and runs them through
+    one forward: the GPU path. On a CPU, batching does not help (compute-bound), so 1 is the default.
+    """
 
     def __init__(
         self,
@@ -64,9 +69,13 @@ class InferenceWorker(threading.Thread):
         options: DecodeOptions | None = None,
         poll_s: float = 0.2,
         on_crash: Callable[[BaseException], None] | None = None,
+        batch_size: int = 1,
+        batch_timeout_s: float = 0.005,
     ) -> None:
         """``stop`` ends this worker; ``on_crash`` (default: set ``stop``) is told about a crash."""
         super().__init__(name=f"infer:{index}", daemon=True)
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1 (got {batch_size})")
         self.hub = hub
         self.detector = detector
         self.stop_event = stop
@@ -75,10 +84,15 @@ class InferenceWorker(threading.Thread):
         self.options = options or DecodeOptions()
         self.poll_s = poll_s
         self.on_crash = on_crash
+        self.batch_size = batch_size
+        self.batch_timeout_s = batch_timeout_s
         self.error: BaseException | None = None
         self.processed = 0
-        info = detector.info
-        self._pre = Preprocessor(*info.imgsz, dtype=getattr(detector, "np_dtype", None) or _float32())
+        h, w = detector.info.imgsz
+        dtype = getattr(detector, "np_dtype", None) or _float32()
+        alloc = getattr(detector, "input_buffer", None)  # pinned host memory on CUDA
+        buffer = alloc(batch_size) if alloc is not None else None
+        self._pre = Preprocessor(h, w, dtype=dtype, batch=batch_size, buffer=buffer)
 
     def run(self) -> None:
         try:
@@ -88,7 +102,7 @@ class InferenceWorker(threading.Thread):
                     if self.stop_event.is_set() or self.hub.ended():
                         return
                     continue
-                self.process(frame)
+                self.process_batch(self._gather(frame))
         except BaseException as exc:  # noqa: BLE001 - a crashed worker must stop the daemon loudly
             self.error = exc
             log.exception("inference worker %s crashed; stopping edgedet", self.name)
@@ -97,52 +111,82 @@ class InferenceWorker(threading.Thread):
             else:
                 self.stop_event.set()
 
+    def _gather(self, first: Frame) -> list[tuple[Frame, int]]:
+        """``first`` plus up to batch_size - 1 more frames that arrive within the batch timeout."""
+        frames = [(first, time.monotonic_ns())]
+        if self.batch_size > 1:
+            deadline = time.monotonic() + self.batch_timeout_s
+            while len(frames) < self.batch_size:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    break
+                more = self.hub.get(timeout=remaining)
+                if more is None:
+                    break
+                frames.append((more, time.monotonic_ns()))
+        return frames
+
     def process(self, frame: Frame) -> Detections:
+        return self.process_batch([(frame, time.monotonic_ns())])[0]
+
+    def process_batch(self, frames: list[tuple[Frame, int]]) -> list[Detections]:
+        """Preprocess each (frame, dequeue time) into its batch slot, one forward, decode each."""
         m = self.metrics
-        t_deq = time.monotonic_ns()
+        n = len(frames)
         if m:
             m.workers_busy.inc()
         try:
-            tensor, geo = self._pre(frame.image)
-            t_pre = time.monotonic_ns()
-            raw = self.detector.infer(tensor)
+            geos, t_pre = [], []
+            for slot, (frame, _) in enumerate(frames):
+                _, geo = self._pre(frame.image, slot)
+                geos.append(geo)
+                t_pre.append(time.monotonic_ns())
+            raw = self.detector.infer(self._pre.batch[:n])
             t_inf = time.monotonic_ns()
             o = self.options
-            items = decode(raw, geo, self.detector.info.names, conf=o.conf, iou=o.iou, classes=o.classes,
-                           max_det=o.max_det)
-            t_post = time.monotonic_ns()
+            items, t_post = [], []
+            for i in range(n):
+                items.append(decode(raw[i : i + 1], geos[i], self.detector.info.names, conf=o.conf, iou=o.iou,
+                                    classes=o.classes, max_det=o.max_det))
+                t_post.append(time.monotonic_ns())
         finally:
             if m:
                 m.workers_busy.dec()
-        timings = {
-            "queue_wait": (t_deq - frame.t_mono_ns) / 1e9,
-            "preprocess": (t_pre - t_deq) / 1e9,
-            "inference": (t_inf - t_pre) / 1e9,
-            "postprocess": (t_post - t_inf) / 1e9,
-        }
-        dets = Detections(
-            camera=frame.camera,
-            seq=frame.seq,
-            t_mono_ns=frame.t_mono_ns,
-            t_wall=frame.t_wall,
-            width=int(frame.image.shape[1]),
-            height=int(frame.image.shape[0]),
-            model=self.detector.info.name,
-            items=items,
-            timings=timings,
-        )
-        if m:
-            cam = frame.camera
-            m.queue_wait.labels(camera=cam).observe(timings["queue_wait"])
-            m.preprocess.labels(camera=cam).observe(timings["preprocess"])
-            m.inference.labels(camera=cam).observe(timings["inference"])
-            m.postprocess.labels(camera=cam).observe(timings["postprocess"])
-            m.frames_processed.labels(camera=cam).inc()
-            for det in items:
-                m.detections.labels(camera=cam, label=det.label).inc()
-        self.sink(dets, frame)
-        self.processed += 1
-        return dets
+        results = []
+        prev_post = t_inf
+        for i, (frame, t_deq) in enumerate(frames):
+            pre_start = t_deq if i == 0 else max(t_deq, t_pre[i - 1])
+            timings = {
+                "queue_wait": (t_deq - frame.t_mono_ns) / 1e9,
+                "preprocess": (t_pre[i] - pre_start) / 1e9,
+                "inference": (t_inf - t_pre[-1]) / 1e9,
+                "postprocess": (t_post[i] - prev_post) / 1e9,
+            }
+            prev_post = t_post[i]
+            dets = Detections(
+                camera=frame.camera,
+                seq=frame.seq,
+                t_mono_ns=frame.t_mono_ns,
+                t_wall=frame.t_wall,
+                width=int(frame.image.shape[1]),
+                height=int(frame.image.shape[0]),
+                model=self.detector.info.name,
+                items=items[i],
+                timings=timings,
+            )
+            if m:
+                cam = frame.camera
+                m.queue_wait.labels(camera=cam).observe(timings["queue_wait"])
+                m.preprocess.labels(camera=cam).observe(timings["preprocess"])
+                m.inference.labels(camera=cam).observe(timings["inference"])
+                m.postprocess.labels(camera=cam).observe(timings["postprocess"])
+                m.frames_processed.labels(camera=cam).inc()
+                for det in items[i]:
+                    m.detections.labels(camera=cam, label=det.label).inc()
+            self.sink(dets, frame)
+            self.processed += 1
+            results.append(dets)
+        return results
 
 
 class WorkerPool:
@@ -159,13 +203,14 @@ class WorkerPool:
         self._stop = threading.Event()
         self._generation = 0
 
-    def start(self, detector: Detector, options: DecodeOptions, count: int) -> None:
+    def start(self, detector: Detector, options: DecodeOptions, count: int, batch_size: int = 1,
+              batch_timeout_s: float = 0.005) -> None:
         self._stop = threading.Event()
         base = self._generation * count
         self._generation += 1
         self.workers = [
             InferenceWorker(base + i, self.hub, detector, self._stop, self.sink, self.metrics, options,
-                            on_crash=self.on_crash)
+                            on_crash=self.on_crash, batch_size=batch_size, batch_timeout_s=batch_timeout_s)
             for i in range(count)
         ]
         for w in self.workers:

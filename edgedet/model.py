@@ -11,6 +11,7 @@ import json
 import logging
 import os
 import pickletools
+import threading
 import warnings
 import zipfile
 from dataclasses import dataclass, field
@@ -208,6 +209,7 @@ class TorchScriptDetector:
         self.device = device
         self.half = self.info.half if half is None else half
         self._torch = torch
+        self._local = threading.local()
         self._dtype = torch.float16 if self.half else torch.float32
         try:
             with warnings.catch_warnings():
@@ -242,7 +244,30 @@ class TorchScriptDetector:
         for _ in range(max(0, warmup)):
             self.infer(np.zeros(self.input_shape, dtype=self.np_dtype))
 
+    def input_buffer(self, batch: int) -> np.ndarray:
+        """A preprocessing buffer for ``batch`` frames: pinned (page-locked) host memory on CUDA, so
+        the upload in ``infer`` is a non-blocking DMA; plain memory on a CPU."""
+        torch = self._torch
+        shape = (batch, *self.input_shape[1:])
+        if self.device.startswith("cuda"):
+            return torch.empty(shape, dtype=self._dtype, pin_memory=True).numpy()
+        return np.empty(shape, dtype=self.np_dtype)
+
+    def _stream(self) -> Any:
+        """One CUDA stream per calling thread, so worker threads overlap on the GPU."""
+        stream = getattr(self._local, "stream", None)
+        if stream is None:
+            stream = self._local.stream = self._torch.cuda.Stream(device=self.device)
+        return stream
+
     def infer(self, batch: np.ndarray) -> np.ndarray:
+        torch = self._torch
+        if self.device.startswith("cuda"):
+            with torch.cuda.stream(self._stream()):
+                return self._infer(batch)
+        return self._infer(batch)
+
+    def _infer(self, batch: np.ndarray) -> np.ndarray:
         torch = self._torch
         with torch.inference_mode():
             x = torch.from_numpy(batch)

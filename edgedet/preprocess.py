@@ -76,18 +76,26 @@ def as_bgr(image: np.ndarray, name: str = "image") -> np.ndarray:
 class Preprocessor:
     """Letterboxes frames into buffers it owns and reuses (one instance per worker thread).
 
-    ``__call__`` returns ``(tensor, geometry)``; ``tensor`` is a view of the reused NCHW buffer
-    (1 x 3 x H x W, float32 or float16), valid until the next call.
+    ``__call__(image, slot)`` returns ``(tensor, geometry)``; ``tensor`` is the 1 x 3 x H x W view of
+    batch slot ``slot`` in the reused NCHW buffer (float32 or float16), valid until that slot is
+    written again. ``batch`` is the whole ``batch x 3 x H x W`` buffer. Pass ``buffer`` to write
+    into memory someone else owns (e.g. pinned host memory for CUDA uploads).
     """
 
-    def __init__(self, input_h: int, input_w: int, dtype: type[np.floating] = np.float32) -> None:
+    def __init__(self, input_h: int, input_w: int, dtype: type[np.floating] = np.float32, batch: int = 1,
+                 buffer: np.ndarray | None = None) -> None:
         self.input_h = input_h
         self.input_w = input_w
         self._canvas = np.full((input_h, input_w, 3), PAD_VALUE, dtype=np.uint8)
-        self._tensor = np.empty((1, 3, input_h, input_w), dtype=dtype)
+        if buffer is not None:
+            if buffer.shape != (batch, 3, input_h, input_w):
+                raise ValueError(f"buffer shape {buffer.shape} != {(batch, 3, input_h, input_w)}")
+            self.batch = buffer
+        else:
+            self.batch = np.empty((batch, 3, input_h, input_w), dtype=dtype)
         self._last_geometry: Letterbox | None = None
 
-    def __call__(self, image: np.ndarray) -> tuple[np.ndarray, Letterbox]:
+    def __call__(self, image: np.ndarray, slot: int = 0) -> tuple[np.ndarray, Letterbox]:
         bgr = as_bgr(image)
         h, w = bgr.shape[:2]
         geo = self._last_geometry
@@ -103,5 +111,5 @@ class Preprocessor:
             if resized is not roi and not np.shares_memory(resized, roi):
                 roi[...] = resized  # OpenCV could not write in place (should not happen)
         # BGR -> RGB, HWC -> CHW, /255 in one strided pass into the reused buffer.
-        np.divide(self._canvas[:, :, ::-1].transpose(2, 0, 1), 255.0, out=self._tensor[0], casting="unsafe")
-        return self._tensor, geo
+        np.divide(self._canvas[:, :, ::-1].transpose(2, 0, 1), 255.0, out=self.batch[slot], casting="unsafe")
+        return self.batch[slot : slot + 1], geo

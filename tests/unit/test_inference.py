@@ -30,16 +30,20 @@ class FakeDetector:
 
     def __init__(self, fail_on_call: int | None = None) -> None:
         self.calls = 0
+        self.batch_sizes: list[int] = []
         self.fail_on_call = fail_on_call
 
     def infer(self, batch: np.ndarray) -> np.ndarray:
         self.calls += 1
+        self.batch_sizes.append(batch.shape[0])
         if self.fail_on_call is not None and self.calls >= self.fail_on_call:
             raise RuntimeError("boom: simulated forward failure")
-        assert batch.shape == (1, 3, 64, 64)
-        out = np.zeros((1, 6, 4), np.float32)
-        out[0, :4, 0] = (32, 32, 16, 16)
-        out[0, 4, 0] = 0.9
+        assert batch.shape[1:] == (3, 64, 64)
+        out = np.zeros((batch.shape[0], 6, 4), np.float32)
+        out[:, :4, 0] = (32, 32, 16, 16)
+        out[:, 4, 0] = 0.9
+        out[:, 4, 1] = batch[:, 0, 0, 0]  # lets a test see which slot held which frame
+        out[:, :4, 1] = (8, 8, 4, 4)
         return out
 
 
@@ -97,3 +101,29 @@ def test_crashing_worker_sets_stop_and_records_error():
     worker.join(5)
     assert not worker.is_alive()
     assert isinstance(worker.error, RuntimeError) and "simulated" in str(worker.error)
+
+
+def test_micro_batching_gathers_frames_from_several_cameras():
+    """batch_size 4: frames waiting in three cameras' queues go through one forward, and each
+    result keeps its own camera, seq and image (slot order is preserved)."""
+    stop = threading.Event()
+    hub = FrameHub(stop)
+    queues = {name: hub.add_camera(name, maxsize=1) for name in ("a", "b", "c")}
+    for i, (name, q) in enumerate(queues.items()):
+        image = np.full((128, 128, 3), 100 + 50 * i, np.uint8)  # distinct brightness per camera
+        q.put(Frame(name, 10 + i, time.monotonic_ns(), time.time(), image))
+        q.close()
+    results: list[Detections] = []
+    detector = FakeDetector()
+    worker = InferenceWorker(0, hub, detector, stop, lambda d, f: results.append(d), batch_size=4,
+                             batch_timeout_s=0.5)
+    worker.start()
+    worker.join(5)
+    assert not worker.is_alive()
+    assert detector.batch_sizes == [3]  # one forward for the three cameras
+    assert sorted((d.camera, d.seq) for d in results) == [("a", 10), ("b", 11), ("c", 12)]
+    for d in results:
+        brightness = {"a": 100, "b": 150, "c": 200}[d.camera]
+        small = [x for x in d.items if x.xyxy[2] < 40]
+        assert small and small[0].score == pytest.approx(brightness / 255, abs=1e-3)
+        assert d.timings["inference"] >= 0 and d.timings["preprocess"] >= 0

@@ -58,11 +58,21 @@ def test_buffer_is_reused_and_padding_refreshed_on_geometry_change():
     t1, g1 = pre(tall)
     first = t1
     t2, g2 = pre(wide)
-    assert t2 is first  # same buffer, no per-frame allocation
+    assert np.shares_memory(t2, first) and np.shares_memory(t2, pre.batch)  # same buffer, no allocation
     assert g2.top == 16 and g2.left == 0
     # columns that were image for the tall frame are padding rows now
     assert np.allclose(t2[0, :, 0, :], PAD_VALUE / 255)
     assert np.allclose(t2[0, :, 32, :], 9 / 255)
+
+
+def test_batch_slots_and_external_buffer():
+    buffer = np.zeros((3, 3, 32, 32), np.float32)
+    pre = Preprocessor(32, 32, batch=3, buffer=buffer)
+    view, _ = pre(np.full((32, 32, 3), 255, np.uint8), slot=2)
+    assert view.shape == (1, 3, 32, 32) and np.shares_memory(view, buffer)
+    assert buffer[2].min() == 1.0 and buffer[:2].max() == 0.0
+    with pytest.raises(ValueError, match="buffer shape"):
+        Preprocessor(32, 32, batch=2, buffer=buffer)
 
 
 def test_half_buffer():
