@@ -3,7 +3,8 @@
 ``CaptureWorker`` opens a ``FrameSource``, reads frames into the camera's queue and, on any
 failure (open error, read error or timeout, stall, unexpected exception), closes it, marks
 the camera down and reconnects with capped exponential backoff and full jitter -- forever,
-until the shared stop Event is set. One camera's trouble never affects another.
+until the shared stop Event is set. One camera's trouble never affects another. A camera that
+keeps delivering the same image (a frozen encoder) is reported, not reconnected.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import re
 import threading
 import time
 from collections.abc import Callable
+from functools import cache
 from pathlib import Path
 from typing import Literal, Protocol
 from urllib.parse import urlsplit, urlunsplit
@@ -42,6 +44,20 @@ _SECRET_QUERY_KEYS = re.compile(r"(?i)^(pass|passwd|password|pwd|token|key|secre
 _MAX_SANE_FPS = 1000.0  # some RTSP servers report the 90 kHz clock as fps
 _DEFAULT_FILE_FPS = 25.0
 _DUE_EPSILON_S = 1e-3  # float slack when comparing a frame time with the fps_limit due time
+_TIMEOUT_SLACK = 0.9  # a failed grab that waited this share of a timeout timed out
+
+# Frozen-camera check: a grey thumbnail of each decoded frame (INTER_AREA: a mean over ~40x40
+# pixel blocks at 1280x720, so re-encoding a frozen image moves it by <= 2 grey levels, measured
+# with x264) against the first frame of the current still run; any cell moving by more than
+# FROZEN_MAX_DIFF starts a new run. About 0.2 ms per 1280x720 frame.
+FROZEN_THUMB_SIZE = (32, 18)
+FROZEN_MAX_DIFF = 3
+
+# FFmpeg and OpenCV print to stderr on every failed open and every corrupt frame ("moov atom not
+# found", "error while decoding MB ..."): with reconnects, the same lines forever. Capture counts
+# those and logs state changes instead. An operator's own setting of these variables wins.
+_FFMPEG_LOGLEVEL_ENV = "OPENCV_FFMPEG_LOGLEVEL"  # read once, when OpenCV's FFmpeg backend starts
+_AV_LOG_FATAL = 8
 
 
 def mask_url(url: str | int) -> str:
@@ -147,6 +163,7 @@ class OpenCvSource:
 
     def open(self) -> None:
         self.close()
+        quiet_native_logs()
         if self.kind == "device":
             cap = self._open_device()
         else:
@@ -236,6 +253,27 @@ class OpenCvSource:
             cap.release()
 
 
+@cache
+def quiet_native_logs() -> None:
+    """Keep FFmpeg to fatal messages and OpenCV to errors, unless the environment says otherwise
+    (``OPENCV_FFMPEG_LOGLEVEL`` / ``OPENCV_FFMPEG_DEBUG`` / ``OPENCV_LOG_LEVEL``). Call before the
+    first capture opens; later calls do nothing."""
+    if "OPENCV_FFMPEG_DEBUG" not in os.environ:
+        os.environ.setdefault(_FFMPEG_LOGLEVEL_ENV, str(_AV_LOG_FATAL))
+    if "OPENCV_LOG_LEVEL" not in os.environ:
+        cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_ERROR)
+
+
+def thumbnail(image: np.ndarray) -> np.ndarray:
+    """The small grey image the frozen-camera check compares (``FROZEN_THUMB_SIZE``, uint8)."""
+    small = cv2.resize(image, FROZEN_THUMB_SIZE, interpolation=cv2.INTER_AREA)
+    if small.ndim == 3 and small.shape[2] == 3:
+        small = cv2.cvtColor(small, cv2.COLOR_BGR2GRAY)
+    elif small.ndim == 3:
+        small = small[:, :, 0]
+    return np.ascontiguousarray(small, dtype=np.uint8)
+
+
 def _with_rtsp_transport(options: str | None, transport: str) -> str:
     """FFmpeg capture options (``key;value|key;value``) with ``rtsp_transport`` set."""
     kept = [o for o in (options or "").split("|") if o and not o.startswith("rtsp_transport;")]
@@ -267,6 +305,14 @@ class CaptureWorker(threading.Thread):
       time (frame index / file fps), live sources on ``clock()``.
     * Files: ``realtime`` paces grabs at the file's fps; ``loop`` reopens at EOF; otherwise
       EOF closes the queue and the thread ends (the camera is ended, not down).
+    * Stall: no frame for ``stall_timeout_s`` (a grab that returns late, or a live grab that
+      fails after waiting out the source's read timeout) counts as ``capture_errors{kind=
+      "stall"}``; a grab that fails at once (connection closed) as ``read``. Either reconnects:
+      an FFmpeg capture never recovers after a read timeout, so a new one is always opened.
+    * Frozen: when every decoded frame for ``frozen_after_s`` matches the first one of the run
+      (``thumbnail()`` within ``FROZEN_MAX_DIFF`` grey levels), ``camera_frozen`` goes to 1 and
+      a WARNING is logged; the first frame that differs sets it back (WARNING again). Frames
+      keep flowing and nothing reconnects. ``None`` disables the check.
     """
 
     def __init__(
@@ -281,6 +327,7 @@ class CaptureWorker(threading.Thread):
         loop: bool = False,
         realtime: bool = True,
         stall_timeout_s: float = 10.0,
+        frozen_after_s: float | None = 60.0,
         on_state: Callable[[str, bool], None] | None = None,
         backoff_initial: float = 1.0,
         backoff_max: float = 30.0,
@@ -293,6 +340,8 @@ class CaptureWorker(threading.Thread):
             raise ValueError(f"fps_limit must be > 0 or None (got {fps_limit})")
         if stall_timeout_s <= 0:
             raise ValueError(f"stall_timeout_s must be > 0 (got {stall_timeout_s})")
+        if frozen_after_s is not None and not frozen_after_s > 0:
+            raise ValueError(f"frozen_after_s must be > 0 or None (got {frozen_after_s})")
         if not 0 < backoff_initial <= backoff_max:
             raise ValueError(
                 f"need 0 < backoff_initial <= backoff_max (got {backoff_initial}, {backoff_max})"
@@ -305,6 +354,7 @@ class CaptureWorker(threading.Thread):
         self._loop = loop
         self._realtime = realtime
         self._stall_timeout_s = stall_timeout_s
+        self._frozen_after_s = frozen_after_s
         self._on_state = on_state
         self._backoff_initial = backoff_initial
         self._backoff_max = backoff_max
@@ -318,18 +368,24 @@ class CaptureWorker(threading.Thread):
         self._media_frames = 0  # frames grabbed from a file, across loops (media clock)
         self._next_due: float | None = None  # fps_limit sampling
         self._decode_failing_since: float | None = None
+        self._still_ref: np.ndarray | None = None  # thumbnail that started the current still run
+        self._still_since = 0.0
+        self._frozen = False
+        self._last_error = ""  # reason of the last traceback logged (a repeated bug logs once)
 
         self._metrics = metrics
         self._m_captured: Counter | None = None
         self._m_up: Gauge | None = None
         self._m_fps_drop: Counter | None = None
         self._m_reconnects: Counter | None = None
+        self._m_frozen: Gauge | None = None
         if metrics is not None:
             metrics.init_camera(camera)
             self._m_captured = metrics.frames_captured.labels(camera=camera)
             self._m_up = metrics.camera_up.labels(camera=camera)
             self._m_fps_drop = metrics.frames_dropped.labels(camera=camera, reason="fps_limit")
             self._m_reconnects = metrics.camera_reconnects.labels(camera=camera)
+            self._m_frozen = metrics.camera_frozen.labels(camera=camera)
 
     # ------------------------------------------------------------------ thread body
 
@@ -361,6 +417,7 @@ class CaptureWorker(threading.Thread):
                 if outcome == "ended":
                     self._queue.close()
                     self._set_up_gauge(0)
+                    self._set_frozen_gauge(0)  # an ended file is neither up nor frozen
                     log.info("camera %s: end of file (%d frames delivered in all)", self.camera, self._seq)
                     return
                 continue  # "loop": reopen the file straight away
@@ -417,7 +474,7 @@ class CaptureWorker(threading.Thread):
                     if grabbed == 0 and self._loop:
                         raise _Failure("read", f"camera {self.camera}: file gave no frames")
                     return "loop" if self._loop else "ended"
-                raise _Failure("read", f"camera {self.camera}: read failed (stream ended or timed out)")
+                raise self._read_failure(source, clock() - last_progress)
             now = clock()
             t_mono_ns, t_wall = time.monotonic_ns(), time.time()
             if now - last_progress > stall:
@@ -447,6 +504,8 @@ class CaptureWorker(threading.Thread):
                     )
                 continue
             self._decode_failing_since = None
+            if self._frozen_after_s is not None:
+                self._check_frozen(image, now)
 
             frame = Frame(self.camera, self._seq, t_mono_ns, t_wall, image)
             self._seq += 1
@@ -459,6 +518,14 @@ class CaptureWorker(threading.Thread):
                 return "stopped"  # queue closed or stop set
             last_progress = clock()  # time blocked in a back-pressured put is not a stall
         return "stopped"
+
+    def _read_failure(self, source: FrameSource, silent_s: float) -> _Failure:
+        """The failure for a live grab that returned False after ``silent_s`` without a frame:
+        a stall when it waited out the stall timeout or the source's read timeout."""
+        timeout = min(self._stall_timeout_s, getattr(source, "read_timeout_s", None) or math.inf)
+        if silent_s >= timeout * _TIMEOUT_SLACK:
+            return _Failure("stall", f"camera {self.camera}: no frame for {silent_s:.1f} s (read timed out)")
+        return _Failure("read", f"camera {self.camera}: stream ended (read failed after {silent_s:.1f} s)")
 
     def _due(self, t: float, period: float) -> bool:
         """fps_limit sampling: True when the frame at time ``t`` should be decoded."""
@@ -491,16 +558,33 @@ class CaptureWorker(threading.Thread):
         self._set_up_gauge(0)
         self._next_due = None
         self._decode_failing_since = None
+        if not self._frozen:
+            self._still_ref = None  # a new session starts a new still run (a frozen one goes on)
         if self._up is not False:
             self._up = False
             log.warning("camera %s down: %s; reconnecting with backoff", self.camera, reason)
             self._notify(False)
-            if exc_info:
-                log.error("camera %s: unexpected error in capture", self.camera, exc_info=True)
-        elif exc_info:
-            log.error("camera %s: unexpected error in capture (again)", self.camera, exc_info=True)
         else:
             log.debug("camera %s still down: %s", self.camera, reason)
+        if exc_info and reason != self._last_error:  # a traceback per distinct bug, not per retry
+            self._last_error = reason
+            log.error("camera %s: unexpected error in capture", self.camera, exc_info=True)
+
+    def _check_frozen(self, image: np.ndarray, now: float) -> None:
+        thumb = thumbnail(image)
+        ref = self._still_ref
+        if ref is None or ref.shape != thumb.shape or int(cv2.absdiff(thumb, ref).max()) > FROZEN_MAX_DIFF:
+            self._still_ref, self._still_since = thumb, now
+            if self._frozen:
+                self._frozen = False
+                self._set_frozen_gauge(0)
+                log.warning("camera %s no longer frozen", self.camera)
+            return
+        still_s = now - self._still_since
+        if not self._frozen and self._frozen_after_s is not None and still_s >= self._frozen_after_s:
+            self._frozen = True
+            self._set_frozen_gauge(1)
+            log.warning("camera %s frozen: identical frames for %.0f s", self.camera, still_s)
 
     def _notify(self, up: bool) -> None:
         if self._on_state is None:
@@ -517,3 +601,7 @@ class CaptureWorker(threading.Thread):
     def _set_up_gauge(self, value: int) -> None:
         if self._m_up is not None:
             self._m_up.set(value)
+
+    def _set_frozen_gauge(self, value: int) -> None:
+        if self._m_frozen is not None:
+            self._m_frozen.set(value)

@@ -98,6 +98,12 @@ class Metrics:
         self.camera_up = Gauge(
             "edgedet_camera_up", "1 while the camera delivers frames, else 0.", cam, registry=registry
         )
+        self.camera_frozen = Gauge(
+            "edgedet_camera_frozen",
+            "1 while the camera keeps delivering the same image (frozen encoder), else 0.",
+            cam,
+            registry=registry,
+        )
         self.frame_age = Gauge(
             "edgedet_frame_age_seconds",
             "Age of the last frame taken for inference, at inference start.",
@@ -153,6 +159,7 @@ class Metrics:
         for kind in CAPTURE_ERROR_KINDS:
             self.capture_errors.labels(camera=name, kind=kind)
         self.camera_up.labels(camera=name)
+        self.camera_frozen.labels(camera=name)
         self.frame_age.labels(camera=name)
         self.queue_depth.labels(camera=name)
 

@@ -253,7 +253,7 @@ def _validated_tls(tls: TlsSettings) -> tuple[str | None, str | None, str | None
             field = "mqtt.tls.cert/key" if key else "mqtt.tls.cert"
             raise ConfigError(
                 f"{field}: cannot load client certificate {cert}"
-                f"{' with key ' + key if key else ''} ({exc.reason})"
+                f"{' with key ' + key if key else ''} ({exc.reason or 'not a PEM certificate and private key'})"
             ) from None
     return ca, cert, key
 

@@ -23,11 +23,13 @@ class ReloadPlan:
     model: bool = False  # model or workers section changed
     events: bool = False  # thresholds, snapshots or any camera's zones/masks changed
     log_level: bool = False
+    homeassistant: bool = False  # the homeassistant section changed (applied at once)
     ignored: tuple[str, ...] = field(default=())  # sections that need a restart
 
     @property
     def empty(self) -> bool:
-        return not (self.added or self.removed or self.changed or self.model or self.events or self.log_level)
+        return not (self.added or self.removed or self.changed or self.model or self.events or self.log_level
+                    or self.homeassistant)
 
     def summary(self) -> str:
         parts = []
@@ -40,6 +42,8 @@ class ReloadPlan:
             parts.append("event rules updated")
         if self.log_level:
             parts.append("log level changed")
+        if self.homeassistant:
+            parts.append("Home Assistant discovery updated")
         return "; ".join(parts) or "no changes"
 
 
@@ -69,5 +73,6 @@ def plan(old: Config, new: Config) -> ReloadPlan:
         model=old.model != new.model or old.workers != new.workers,
         events=old.events != new.events or zones_changed,
         log_level=old.log_level != new.log_level,
+        homeassistant=old.homeassistant != new.homeassistant,
         ignored=ignored,
     )

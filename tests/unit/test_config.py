@@ -227,7 +227,7 @@ def test_device_and_file_options(base: Path) -> None:
 def test_unknown_top_level_key_without_a_close_match_lists_the_valid_keys(base: Path) -> None:
     assert problems("x-defaults: &defaults {fps_limit: 4}\n" + MINIMAL, base) == [
         "config.yaml:1: x-defaults: unknown key 'x-defaults' (valid keys: node_id, log_level, state_dir, "
-        "cameras, model, workers, mqtt, metrics, events, outbox, watchdog_grace_s)"
+        "cameras, model, workers, mqtt, metrics, events, outbox, homeassistant, watchdog_grace_s)"
     ]
 
 
@@ -663,7 +663,8 @@ def test_dump_is_plain_yaml_that_loads_back_to_the_same_config(base: Path) -> No
     cfg = _secret_config(base)
     text = dump_config(cfg, masked=False)
     assert list(yaml.safe_load(text)) == ["node_id", "log_level", "state_dir", "cameras", "model",
-                                          "workers", "mqtt", "metrics", "events", "outbox", "watchdog_grace_s"]
+                                          "workers", "mqtt", "metrics", "events", "outbox", "homeassistant",
+                                          "watchdog_grace_s"]
     assert parse(text, base) == cfg
     assert parse_config(dump_config(cfg), "dump").mqtt.password == "***"
 

@@ -48,6 +48,7 @@ def _get(url: str) -> tuple[int, str, bytes]:
         ("edgedet_capture_errors_total", {"camera": "gate", "kind": "open"}),
         ("edgedet_capture_errors_total", {"camera": "gate", "kind": "stall"}),
         ("edgedet_camera_up", {"camera": "gate"}),
+        ("edgedet_camera_frozen", {"camera": "gate"}),
         ("edgedet_frame_age_seconds", {"camera": "gate"}),
         ("edgedet_queue_depth", {"camera": "gate"}),
         ("edgedet_end_to_end_seconds_count", {"camera": "gate"}),
