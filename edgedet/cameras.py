@@ -78,6 +78,7 @@ class CameraSet:
             loop=cam.loop,
             realtime=cam.realtime,
             stall_timeout_s=cam.stall_timeout_s,
+            frozen_after_s=cam.frozen_after_s,
             on_state=self.on_state,
         )
         self._running[name] = _Running(cam, queue, stop, thread)

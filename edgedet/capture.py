@@ -312,7 +312,9 @@ class CaptureWorker(threading.Thread):
     * Frozen: when every decoded frame for ``frozen_after_s`` matches the first one of the run
       (``thumbnail()`` within ``FROZEN_MAX_DIFF`` grey levels), ``camera_frozen`` goes to 1 and
       a WARNING is logged; the first frame that differs sets it back (WARNING again). Frames
-      keep flowing and nothing reconnects. ``None`` disables the check.
+      keep flowing and nothing reconnects. The state outlives a reconnect (same picture after
+      it: still frozen, no new line); otherwise a new session starts a new still run. ``None``
+      disables the check.
     """
 
     def __init__(
@@ -542,6 +544,7 @@ class CaptureWorker(threading.Thread):
 
     def _became_up(self, source: FrameSource, image: np.ndarray) -> None:
         self._failures = 0
+        self._last_error = ""
         self._set_up_gauge(1)
         if self._up is not True:
             self._up = True

@@ -541,6 +541,8 @@ class CameraConfig(_Section):
     loop: bool = False
     realtime: bool = True
     stall_timeout_s: float = field(default=10.0, metadata=_meta(check=_positive))
+    # Report (metric + log) a camera whose image has not changed for this long; null disables.
+    frozen_after_s: float | None = field(default=60.0, metadata=_meta(check=_positive))
     queue_size: int = field(default=1, metadata=_meta(check=_between(1, 16)))
     zones: dict[str, Polygon] = field(default_factory=dict)
     masks: list[Polygon] = field(default_factory=list)

@@ -4,6 +4,8 @@ import logging
 import os
 import random
 import socket
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -14,7 +16,14 @@ import numpy as np
 import pytest
 from prometheus_client import CollectorRegistry
 
-from edgedet.capture import CaptureWorker, FrameSource, OpenCvSource, mask_url
+from edgedet.capture import (
+    FROZEN_MAX_DIFF,
+    CaptureWorker,
+    FrameSource,
+    OpenCvSource,
+    mask_url,
+    thumbnail,
+)
 from edgedet.errors import CaptureError
 from edgedet.framequeue import CameraQueue, FrameHub
 from edgedet.metrics import Metrics
@@ -131,6 +140,8 @@ class FakeSource:
         on_grab: Callable[[int], None] | None = None,
         decodes: bool = True,
         grab_raises: BaseException | None = None,
+        image: Callable[[int], np.ndarray] | None = None,
+        on_end: Callable[[], None] | None = None,
     ) -> None:
         self.open_error = open_error
         self.frames = frames  # good grabs before grab() returns False; None = endless
@@ -139,6 +150,8 @@ class FakeSource:
         self.on_grab = on_grab
         self.decodes = decodes
         self.grab_raises = grab_raises
+        self.image = image  # frame number -> picture (default: 4x4 grey, level = frame number)
+        self.on_end = on_end  # called when grab() fails (e.g. to let a fake clock run)
         self.grabs = 0
         self.opened = False
         self.closed = False
@@ -160,6 +173,8 @@ class FakeSource:
         if self.grab_raises is not None:
             raise self.grab_raises
         if self.frames is not None and self.grabs >= self.frames:
+            if self.on_end is not None:
+                self.on_end()
             return False
         if self.on_grab is not None:
             self.on_grab(self.grabs)
@@ -169,6 +184,8 @@ class FakeSource:
     def retrieve(self) -> np.ndarray | None:
         if not self.decodes:
             return None
+        if self.image is not None:
+            return self.image(self.grabs - 1)
         return np.full((4, 4, 3), self.grabs % 256, np.uint8)
 
     def close(self) -> None:
@@ -524,6 +541,225 @@ def test_fps_limit_on_live_source_gives_the_right_average_rate(
     assert captured + value(registry, "edgedet_frames_dropped_total", reason="fps_limit") == 250
 
 
+@pytest.mark.parametrize(
+    ("stall_timeout_s", "read_timeout_s", "silent_s", "kind", "reason"),
+    [
+        (3.0, None, 3.0, "stall", "no frame for 3.0 s (read timed out)"),  # hung peer, read timeout
+        (30.0, 10.0, 10.0, "stall", "no frame for 10.0 s (read timed out)"),  # source's timeout first
+        (3.0, None, 0.0, "read", "stream ended (read failed after 0.0 s)"),  # connection closed
+        (30.0, 10.0, 5.0, "read", "stream ended (read failed after 5.0 s)"),
+    ],
+)
+def test_failed_live_grab_is_a_stall_when_it_timed_out(
+    stop: threading.Event, registry: CollectorRegistry, metrics: Metrics, workers: list[CaptureWorker],
+    caplog: pytest.LogCaptureFixture, stall_timeout_s: float, read_timeout_s: float | None,
+    silent_s: float, kind: str, reason: str,
+) -> None:
+    clock = FakeClock()
+
+    def make() -> FakeSource:
+        source = FakeSource(frames=2, on_end=lambda: setattr(clock, "now", clock.now + silent_s))
+        if read_timeout_s is not None:
+            source.read_timeout_s = read_timeout_s  # type: ignore[attr-defined]  # as OpenCvSource has
+        return source
+
+    hub = FrameHub(stop, metrics)
+    queue = hub.add_camera(CAM)
+    waiter = RecordingWait(stop, block_at=1)
+    with caplog.at_level(logging.WARNING, logger="edgedet.capture"):
+        make_worker(
+            workers, Script(make), queue, stop, metrics, stall_timeout_s=stall_timeout_s, clock=clock,
+            wait=waiter,
+        )
+        assert waiter.reached.wait(DEADLINE_S)
+    other = "read" if kind == "stall" else "stall"
+    assert value(registry, "edgedet_capture_errors_total", kind=kind) == 1
+    assert value(registry, "edgedet_capture_errors_total", kind=other) == 0
+    assert [r.getMessage() for r in caplog.records] == [
+        f"camera {CAM} down: camera {CAM}: {reason}; reconnecting with backoff"
+    ]
+
+
+def test_a_repeated_bug_logs_its_traceback_once(
+    stop: threading.Event, registry: CollectorRegistry, metrics: Metrics, workers: list[CaptureWorker],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    hub = FrameHub(stop, metrics)
+    queue = hub.add_camera(CAM)
+    waiter = RecordingWait(stop, block_at=4)
+    with caplog.at_level(logging.DEBUG, logger="edgedet.capture"):
+        make_worker(
+            workers, Script(lambda: FakeSource(frames=None, grab_raises=ZeroDivisionError("bug"))), queue,
+            stop, metrics, backoff_initial=0.01, wait=waiter,
+        )
+        assert waiter.reached.wait(DEADLINE_S)
+    assert value(registry, "edgedet_capture_errors_total", kind="internal") == 4
+    tracebacks = [r for r in caplog.records if r.exc_info]
+    assert len(tracebacks) == 1 and tracebacks[0].levelno == logging.ERROR
+    assert len([r for r in caplog.records if r.levelno == logging.WARNING]) == 1  # "down", once
+
+
+# ----------------------------------------------------------------------------- frozen camera
+
+
+SCENE = np.random.default_rng(0).integers(0, 256, (72, 128, 3), dtype=np.uint8)
+
+
+def reencoded(n: int) -> np.ndarray:
+    """SCENE with a little per-pixel noise that changes every frame, like a frozen image that
+    the camera keeps re-encoding (its thumbnail moves by well under FROZEN_MAX_DIFF)."""
+    noise = np.random.default_rng(n).integers(-3, 4, SCENE.shape)
+    return np.clip(SCENE.astype(np.int16) + noise, 0, 255).astype(np.uint8)
+
+
+def ticking(clock: FakeClock, step: float = 0.1) -> Callable[[int], None]:
+    def tick(n: int) -> None:
+        clock.now += step
+
+    return tick
+
+
+def frozen_logs(caplog: pytest.LogCaptureFixture) -> list[tuple[int, str]]:
+    return [(r.levelno, r.getMessage()) for r in caplog.records if "frozen" in r.getMessage()]
+
+
+def test_identical_frames_are_reported_frozen_without_a_reconnect(
+    stop: threading.Event, registry: CollectorRegistry, metrics: Metrics, workers: list[CaptureWorker],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    clock = FakeClock()
+    hub = FrameHub(stop, metrics)
+    queue = hub.add_camera(CAM, maxsize=200)
+    waiter = RecordingWait(stop, block_at=1)
+    states = States()
+    with caplog.at_level(logging.INFO, logger="edgedet.capture"):
+        make_worker(  # 80 frames 0.1 s apart, then the stream ends
+            workers, Script(lambda: FakeSource(frames=80, on_grab=ticking(clock), image=reencoded)), queue,
+            stop, metrics, frozen_after_s=5.0, clock=clock, wait=waiter, on_state=states,
+        )
+        assert waiter.reached.wait(DEADLINE_S)
+    assert frozen_logs(caplog) == [(logging.WARNING, f"camera {CAM} frozen: identical frames for 5 s")]
+    assert value(registry, "edgedet_camera_frozen") == 1  # the last picture seen was frozen
+    assert value(registry, "edgedet_frames_captured_total") == 80  # every frame still delivered
+    assert value(registry, "edgedet_capture_errors_total", kind="stall") == 0
+    assert value(registry, "edgedet_capture_errors_total", kind="read") == 1  # the end, not the freeze
+    assert states.calls == [(CAM, True), (CAM, False)]
+
+
+def test_a_changed_picture_ends_the_freeze(
+    stop: threading.Event, registry: CollectorRegistry, metrics: Metrics, workers: list[CaptureWorker],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    clock = FakeClock()
+
+    def image(n: int) -> np.ndarray:  # frozen for 8 s, then the scene changes (a few cells only)
+        if n < 80:
+            return reencoded(n)
+        moved = reencoded(n)
+        moved[:8, :8] = 255 - moved[:8, :8]
+        return moved
+
+    hub = FrameHub(stop, metrics)
+    queue = hub.add_camera(CAM, maxsize=200)
+    waiter = RecordingWait(stop, block_at=1)
+    with caplog.at_level(logging.INFO, logger="edgedet.capture"):
+        make_worker(
+            workers, Script(lambda: FakeSource(frames=100, on_grab=ticking(clock), image=image)), queue,
+            stop, metrics, frozen_after_s=5.0, clock=clock, wait=waiter,
+        )
+        assert waiter.reached.wait(DEADLINE_S)
+    assert frozen_logs(caplog) == [
+        (logging.WARNING, f"camera {CAM} frozen: identical frames for 5 s"),
+        (logging.WARNING, f"camera {CAM} no longer frozen"),
+    ]
+    assert value(registry, "edgedet_camera_frozen") == 0
+
+
+@pytest.mark.parametrize(
+    ("image", "frozen_after_s"),
+    [
+        (lambda n: np.full((18, 32, 3), n % 256, np.uint8), 2.0),  # slow drift: 1 level a frame
+        (lambda n: np.full((18, 32, 3), 100 + FROZEN_MAX_DIFF + 1 if n % 30 == 29 else 100, np.uint8), 5.0),
+        (lambda n: np.full((18, 32, 3), 7, np.uint8), None),  # the check is off
+    ],
+    ids=["slow-drift", "change-every-3s", "disabled"],
+)
+def test_pictures_that_change_are_not_frozen(
+    stop: threading.Event, registry: CollectorRegistry, metrics: Metrics, workers: list[CaptureWorker],
+    caplog: pytest.LogCaptureFixture, image: Callable[[int], np.ndarray], frozen_after_s: float | None,
+) -> None:
+    clock = FakeClock()
+    hub = FrameHub(stop, metrics)
+    queue = hub.add_camera(CAM, maxsize=200)
+    waiter = RecordingWait(stop, block_at=1)
+    with caplog.at_level(logging.INFO, logger="edgedet.capture"):
+        make_worker(
+            workers, Script(lambda: FakeSource(frames=150, on_grab=ticking(clock), image=image)), queue,
+            stop, metrics, frozen_after_s=frozen_after_s, clock=clock, wait=waiter,
+        )
+        assert waiter.reached.wait(DEADLINE_S)
+    assert value(registry, "edgedet_frames_captured_total") == 150
+    assert value(registry, "edgedet_camera_frozen") == 0
+    assert frozen_logs(caplog) == []
+
+
+def test_freeze_survives_a_reconnect_with_the_same_picture(
+    stop: threading.Event, registry: CollectorRegistry, metrics: Metrics, workers: list[CaptureWorker],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    clock = FakeClock()
+    script = Script(
+        lambda: FakeSource(frames=60, on_grab=ticking(clock), image=reencoded),  # frozen after 5 s
+        lambda: FakeSource(frames=10, on_grab=ticking(clock), image=reencoded),  # same picture again
+    )
+    hub = FrameHub(stop, metrics)
+    queue = hub.add_camera(CAM, maxsize=200)
+    waiter = RecordingWait(stop, block_at=2)
+    with caplog.at_level(logging.INFO, logger="edgedet.capture"):
+        make_worker(workers, script, queue, stop, metrics, frozen_after_s=5.0, clock=clock, wait=waiter)
+        assert waiter.reached.wait(DEADLINE_S)
+    assert len(script.made) == 2 and script.made[1].grabs == 10
+    assert frozen_logs(caplog) == [(logging.WARNING, f"camera {CAM} frozen: identical frames for 5 s")]
+    assert value(registry, "edgedet_camera_frozen") == 1
+
+
+def test_still_run_restarts_after_a_reconnect(
+    stop: threading.Event, registry: CollectorRegistry, metrics: Metrics, workers: list[CaptureWorker],
+) -> None:
+    """Time spent down does not count as 'identical': 3 s still, 10 s down, 3 s still."""
+    clock = FakeClock()
+
+    def down_for_10s(delay: float) -> bool:
+        clock.now += 10.0
+        return waiter(delay)
+
+    script = Script(lambda: FakeSource(frames=30, on_grab=ticking(clock), image=reencoded))
+    hub = FrameHub(stop, metrics)
+    queue = hub.add_camera(CAM, maxsize=200)
+    waiter = RecordingWait(stop, block_at=2)
+    make_worker(workers, script, queue, stop, metrics, frozen_after_s=5.0, clock=clock, wait=down_for_10s)
+    assert waiter.reached.wait(DEADLINE_S)
+    assert value(registry, "edgedet_frames_captured_total") == 60
+    assert value(registry, "edgedet_camera_frozen") == 0
+
+
+def test_thumbnail_sees_through_reencoding_noise_but_not_a_change() -> None:
+    a, b = thumbnail(reencoded(1)), thumbnail(reencoded(2))
+    assert a.shape == (18, 32) and a.dtype == np.uint8
+    assert int(cv2.absdiff(a, b).max()) <= FROZEN_MAX_DIFF
+    moved = reencoded(2)
+    moved[:8, :8] = 255 - moved[:8, :8]
+    assert int(cv2.absdiff(a, thumbnail(moved)).max()) > FROZEN_MAX_DIFF
+    assert thumbnail(cv2.cvtColor(reencoded(1), cv2.COLOR_BGR2GRAY)).shape == (18, 32)  # grey input
+
+
+@pytest.mark.parametrize("frozen_after_s", [0.0, -1.0])
+def test_frozen_after_s_must_be_positive(stop: threading.Event, frozen_after_s: float) -> None:
+    with pytest.raises(ValueError, match=r"frozen_after_s must be > 0 or None \(got "):
+        queue = FrameHub(stop, None).add_camera(CAM)
+        CaptureWorker(CAM, Script(FakeSource), queue, stop, None, frozen_after_s=frozen_after_s)
+
+
 # ----------------------------------------------------------------------------- OpenCvSource
 
 
@@ -735,3 +971,37 @@ def test_rtsp_transport_reaches_ffmpeg(transport: str, expected: str) -> None:
     finally:
         server.close()
     assert len(server.transports) == 1 and server.transports[0].startswith(expected)
+
+
+QUIET_SCRIPT = """
+import sys
+from edgedet.capture import OpenCvSource
+from edgedet.errors import CaptureError
+for _ in range(3):
+    try:
+        OpenCvSource(sys.argv[1], "file").open()
+    except CaptureError as exc:
+        print(exc)
+"""
+
+
+@pytest.mark.parametrize(("env", "quiet"), [({}, True), ({"OPENCV_FFMPEG_LOGLEVEL": "16"}, False)])
+def test_failed_opens_print_no_native_errors_unless_asked(
+    tmp_path: Path, env: dict[str, str], quiet: bool
+) -> None:
+    """FFmpeg/OpenCV would print 'moov atom not found' and a VIDEOIO warning on every retry."""
+    bad = tmp_path / "random.mp4"
+    bad.write_bytes(random.Random(3).randbytes(50_000))
+    clean = {k: v for k, v in os.environ.items() if not k.startswith(("OPENCV_FFMPEG", "OPENCV_LOG"))}
+    result = subprocess.run(
+        [sys.executable, "-c", QUIET_SCRIPT, str(bad)], env={**clean, **env}, capture_output=True, text=True,
+        timeout=60, cwd=Path(__file__).resolve().parents[2],
+    )
+    assert result.returncode == 0, result.stderr
+    ours = f"cannot open {bad}: not a readable video file"
+    if quiet:
+        assert result.stdout.splitlines() == [ours] * 3
+        assert result.stderr == ""
+    else:  # OpenCV's FFmpeg log callback writes to stdout
+        output = result.stdout + result.stderr
+        assert output.count(ours) == 3 and output.count("moov atom not found") == 3
