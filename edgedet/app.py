@@ -12,7 +12,7 @@ import signal
 import threading
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -193,9 +193,9 @@ def _run(cfg: Config, config_path: str | Path | None, stop: threading.Event,
         summary = f"{len(live)} live camera(s), {pool.processed} frame(s) processed"
         return ok, summary if ok else f"no frame processed for {newest:.0f}s"
 
+    notifier.ready(f"{len(cameras)} camera(s), model {detector.info.name}")
     dog = WatchdogThread(notifier, stop, sd_health, watchdog_interval() or 10.0)
     dog.start()
-    notifier.ready(f"{len(cameras)} camera(s), model {detector.info.name}")
 
     while not stop.wait(TICK_S):
         if reload_requested.is_set():
@@ -261,13 +261,20 @@ def _reload(cfg: Config, config_path: str | Path | None, cams: CameraSet, pool: 
     cams.stop(list(change.removed) + list(change.changed))
     for name in change.removed:
         publisher.forget_camera(name)
-    ha.configure(new, [n for n, c in new.cameras.items() if c.enabled],  # publishes only what changed
-                 detector.info.names if change.model else None)
+        metrics.camera_up.labels(camera=name).set(0)  # its capture thread is gone
+        with suppress(KeyError):  # else the age of its last frame keeps growing: a stale-camera alert
+            metrics.frame_age.remove(name)
+    enabled = [n for n, c in new.cameras.items() if c.enabled]
+    if events is not None and change.changed:
+        # A restarted camera counts frames from seq 0 again, which its tracker would ignore (it
+        # drops frames at or below the last seq): end its events and give it a new tracker.
+        events.reconfigure(new, [n for n in enabled if n not in change.changed])
+    ha.configure(new, enabled, detector.info.names if change.model else None)  # sends only what changed
     for name in change.added + change.changed:
         metrics.frame_age.labels(camera=name).set_function(partial(flow.age_s, name))
         cams.start(name, new.cameras[name])
-    if events is not None and (change.events or change.added or change.removed):
-        events.reconfigure(new, [n for n, c in new.cameras.items() if c.enabled])
+    if events is not None and (change.events or change.added or change.removed or change.changed):
+        events.reconfigure(new, enabled)
     log.info("config reloaded: %s", change.summary())
     notifier.ready(f"reloaded: {change.summary()}")
     # Sections that need a restart keep their running values.
