@@ -96,7 +96,7 @@ class InferenceWorker(threading.Thread):
 
     def run(self) -> None:
         try:
-            while True:
+            while not self.stop_event.is_set():  # per frame: a busy hub seldom returns None
                 frame = self.hub.get(timeout=self.poll_s)
                 if frame is None:
                     if self.stop_event.is_set() or self.hub.ended():
