@@ -202,9 +202,11 @@ class WorkerPool:
         self.workers: list[InferenceWorker] = []
         self._stop = threading.Event()
         self._generation = 0
+        self._retired = 0  # frames processed by workers of earlier generations (before a reload)
 
     def start(self, detector: Detector, options: DecodeOptions, count: int, batch_size: int = 1,
               batch_timeout_s: float = 0.005) -> None:
+        self._retired += sum(w.processed for w in self.workers)
         self._stop = threading.Event()
         base = self._generation * count
         self._generation += 1
@@ -229,7 +231,8 @@ class WorkerPool:
 
     @property
     def processed(self) -> int:
-        return sum(w.processed for w in self.workers)
+        """Frames processed since start, across reloads."""
+        return self._retired + sum(w.processed for w in self.workers)
 
     @property
     def errors(self) -> list[BaseException]:
