@@ -120,19 +120,15 @@ def run(cfg: Config, config_path: str | Path | None = None, stop: threading.Even
 def _run(cfg: Config, config_path: str | Path | None, stop: threading.Event,
          reload_requested: threading.Event) -> int:
     cameras = {name: cam for name, cam in cfg.cameras.items() if cam.enabled}
-    detector, options, count = _load_model(cfg)
-
     registry = CollectorRegistry()
     metrics = Metrics(registry)
-    metrics.set_build(version=__version__, model=detector.info.name, torch=torch_version(), device=detector.device)
     flow = FlowTracker()
     hub = FrameHub(stop, metrics)
     outbox = _open_outbox(cfg, metrics)
+    # Constructing the publisher checks the TLS files (not connecting yet): with the metrics port
+    # below, bad input is reported before the slow model load.
     publisher = MqttPublisher(cfg.mqtt, cfg.node_id, list(cameras), metrics, client_id=cfg.mqtt.client_id,
                               outbox=outbox)
-    events = EventStage.from_config(cfg, cameras, publisher, f"{cfg.mqtt.topic_prefix}/{cfg.node_id}", metrics)
-    ha = HomeAssistant(publisher, cfg.node_id, cfg.mqtt.topic_prefix)  # discovery + stats (opt-in)
-    ha.configure(cfg, list(cameras), detector.info.names)
     cams = CameraSet(hub, metrics, publisher.set_camera_status)
 
     def health() -> tuple[bool, dict[str, Any]]:
@@ -158,7 +154,22 @@ def _run(cfg: Config, config_path: str | Path | None, stop: threading.Event,
             body["reason"] = "; ".join(problems)
         return not problems, body
 
-    server = serve(registry, cfg.metrics.host, cfg.metrics.port, health) if cfg.metrics.enabled else None
+    try:
+        server = serve(registry, cfg.metrics.host, cfg.metrics.port, health) if cfg.metrics.enabled else None
+    except BaseException:
+        publisher.stop()
+        raise
+    try:
+        detector, options, count = _load_model(cfg)
+    except BaseException:
+        publisher.stop()
+        if server is not None:
+            stop_server(*server)
+        raise
+    metrics.set_build(version=__version__, model=detector.info.name, torch=torch_version(), device=detector.device)
+    events = EventStage.from_config(cfg, cameras, publisher, f"{cfg.mqtt.topic_prefix}/{cfg.node_id}", metrics)
+    ha = HomeAssistant(publisher, cfg.node_id, cfg.mqtt.topic_prefix)  # discovery + stats (opt-in)
+    ha.configure(cfg, list(cameras), detector.info.names)
 
     def sink(dets: Detections, frame: Frame) -> None:
         publisher.publish_detections(dets)

@@ -20,12 +20,12 @@ from collections.abc import Callable
 from functools import cache
 from pathlib import Path
 from typing import Literal, Protocol
-from urllib.parse import urlsplit, urlunsplit
 
 import cv2
 import numpy as np
 from prometheus_client import Counter, Gauge
 
+from edgedet.config import mask_url as config_mask_url
 from edgedet.errors import CaptureError
 from edgedet.framequeue import CameraQueue
 from edgedet.metrics import Metrics
@@ -62,25 +62,7 @@ _AV_LOG_FATAL = 8
 
 def mask_url(url: str | int) -> str:
     """``url`` with the password and secret-looking query values replaced by ``***``."""
-    text = str(url)
-    if "://" not in text:
-        return text
-    try:
-        parts = urlsplit(text)
-    except ValueError:
-        return re.sub(r"//[^/@]*@", "//***@", text)
-    netloc = parts.netloc
-    if "@" in netloc:
-        userinfo, host = netloc.rsplit("@", 1)
-        user = userinfo.split(":", 1)[0]
-        netloc = f"{user}:***@{host}" if ":" in userinfo else f"***@{host}"
-    query = "&".join(
-        f"{k}=***" if v is not None and _SECRET_QUERY_KEYS.match(k) else item
-        for item in parts.query.split("&")
-        if item
-        for k, v in [item.split("=", 1) if "=" in item else (item, None)]
-    )
-    return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
+    return config_mask_url(str(url))
 
 
 class FrameSource(Protocol):

@@ -202,6 +202,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("run", help="run the daemon")
     p.add_argument("-c", "--config", required=True)
+    p.add_argument("--log-level", default=argparse.SUPPRESS, choices=["DEBUG", "INFO", "WARNING", "ERROR"],
+                   help="override the config's log_level")
     p.set_defaults(func=_cmd_run)
 
     # Options are parsed by edgedet.bench (see `edgedet bench --help`): pass everything through.

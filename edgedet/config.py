@@ -79,13 +79,29 @@ _TOPIC_SPECIALS = ("/", "+", "#")
 # --------------------------------------------------------------------------- helpers (public)
 
 
+# Query parameters whose values are secrets (``rtsp://cam/live?token=...``).
+_SECRET_QUERY_RE = re.compile(
+    r"([?&](?:pass|passwd|password|pwd|token|key|secret|auth|api_key|apikey|access_token)=)([^&#]*)", re.I
+)
+
+
 def mask_url(url: str) -> str:
-    """``rtsp://user:secret@host/x`` -> ``rtsp://user:***@host/x``; other strings unchanged."""
+    """``rtsp://user:secret@host/x?token=t`` -> ``rtsp://user:***@host/x?token=***``; other
+    strings unchanged."""
     parts = _split_credentials(url)
-    if parts is None:
-        return url
-    head, user, _password, tail = parts
-    return f"{head}{user}:{MASK}@{tail}"
+    if parts is not None:
+        head, user, _password, tail = parts
+        url = f"{head}{user}:{MASK}@{tail}"
+    return _SECRET_QUERY_RE.sub(lambda m: m.group(1) + (MASK if m.group(2) else ""), url)
+
+
+def url_secrets(url: str) -> list[str]:
+    """The secrets inside a URL: its password and secret-looking query values."""
+    found = [m.group(2) for m in _SECRET_QUERY_RE.finditer(url) if m.group(2)]
+    parts = _split_credentials(url)
+    if parts is not None and parts[2]:
+        found.append(parts[2])
+    return found
 
 
 def redact(text: str, secrets: Iterable[str]) -> str:
@@ -821,9 +837,9 @@ class Config(_Section):
         if self.mqtt.password:
             found.append(self.mqtt.password)
         for cam in self.cameras.values():
-            parts = _split_credentials(cam.url) if isinstance(cam.url, str) else None
-            if parts is not None and parts[2]:
-                found += [parts[2], unquote(parts[2])]
+            if isinstance(cam.url, str):
+                for secret in url_secrets(cam.url):
+                    found += [secret, unquote(secret)]
         return list(dict.fromkeys(found))
 
 

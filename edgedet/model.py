@@ -193,10 +193,10 @@ class TorchScriptDetector:
         warmup: int = 1,
         channels_last: bool = True,
     ) -> None:
+        self.path = Path(path)
+        self.info = read_metadata(self.path)  # bad files are reported before the slow torch import
         import torch
 
-        self.path = Path(path)
-        self.info = read_metadata(self.path)
         if self.info.exported_torch and self.info.exported_torch != torch.__version__:
             log.info(
                 "model %s was exported with torch %s; running with torch %s",

@@ -614,6 +614,8 @@ def test_env_secret_in_url_is_masked_in_problems(base: Path, monkeypatch: pytest
         ("http://:token@cam.local/", "http://:***@cam.local/"),
         ("rtsp://admin@cam.local/x", "rtsp://admin@cam.local/x"),
         ("rtsp://cam.local/x", "rtsp://cam.local/x"),
+        ("rtsp://cam.local/live?token=abc123&ch=1", "rtsp://cam.local/live?token=***&ch=1"),
+        ("http://u:p@cam/x?Password=zz#frag", "http://u:***@cam/x?Password=***#frag"),
         ("/var/clips/a:b@c.mp4", "/var/clips/a:b@c.mp4"),
         ("", ""),
     ],
@@ -923,3 +925,9 @@ def test_demo_config_without_files_needs_check_files_off(base: Path) -> None:
     assert len(info.value.problems) == 2
     assert all("file not found" in p for p in info.value.problems)
     assert load_config(CONFIG_DIR / "demo.yaml", check_files=False).cameras["demo"].loop is True
+
+
+def test_url_query_secrets_are_scrubbed_from_logs() -> None:
+    from edgedet.config import url_secrets
+
+    assert sorted(url_secrets("rtsp://u:pw@cam/x?token=tk&key=k2&ch=1")) == ["k2", "pw", "tk"]
