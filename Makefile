@@ -28,7 +28,7 @@ $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q $(TORCH_PINS)
-	$(PY) -m pip install -q -e '.[dev,export]'
+	$(PY) -m pip install -q -e '.[dev,export,onnx,openvino]'
 	# ultralytics pulls opencv-python (GUI build); the daemon ships with the headless one.
 	$(PY) -m pip uninstall -q -y opencv-python || true
 	$(PY) -m pip install -q --force-reinstall --no-deps opencv-python-headless

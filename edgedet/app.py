@@ -20,6 +20,7 @@ from typing import Any
 from prometheus_client import CollectorRegistry
 
 from edgedet import __version__
+from edgedet.backends import resolve_backend
 from edgedet.cameras import CameraSet
 from edgedet.config import Config, load_config
 from edgedet.errors import ConfigError, EdgedetError
@@ -80,9 +81,10 @@ def _class_ids(cfg: Config, names: tuple[str, ...]) -> list[int] | None:
 def _load_model(cfg: Config) -> tuple[Detector, DecodeOptions, int]:
     """Load the detector and derive decode options and the worker count (raises EdgedetError)."""
     count, threads = thread_layout(None, cfg.workers.count, cfg.workers.threads_per_worker)
-    set_torch_threads(threads)
+    if resolve_backend(cfg.model.path, cfg.model.backend) == "torchscript":
+        set_torch_threads(threads)  # torch's pool is process-wide; other backends take `threads`
     detector = load_detector(cfg.model.path, device=cfg.model.device, half=cfg.model.half or None,
-                             backend=cfg.model.backend)
+                             backend=cfg.model.backend, threads=threads)
     options = DecodeOptions(
         conf=cfg.model.conf, iou=cfg.model.iou, classes=_class_ids(cfg, detector.info.names),
         max_det=cfg.model.max_det,
@@ -166,7 +168,8 @@ def _run(cfg: Config, config_path: str | Path | None, stop: threading.Event,
         if server is not None:
             stop_server(*server)
         raise
-    metrics.set_build(version=__version__, model=detector.info.name, torch=torch_version(), device=detector.device)
+    metrics.set_build(version=__version__, model=detector.info.name, torch=_torch_version(detector),
+                      device=detector.device)
     events = EventStage.from_config(cfg, cameras, publisher, f"{cfg.mqtt.topic_prefix}/{cfg.node_id}", metrics)
     ha = HomeAssistant(publisher, cfg.node_id, cfg.mqtt.topic_prefix)  # discovery + stats (opt-in)
     ha.configure(cfg, list(cameras), detector.info.names)
@@ -267,7 +270,7 @@ def _reload(cfg: Config, config_path: str | Path | None, cams: CameraSet, pool: 
         for w in pool.stop(JOIN_TIMEOUT_S):
             log.warning("thread %s did not stop within %.1fs", w.name, JOIN_TIMEOUT_S)
         pool.start(detector, options, count, new.workers.batch_size, new.workers.batch_timeout_ms / 1000)
-        metrics.set_build(version=__version__, model=detector.info.name, torch=torch_version(),
+        metrics.set_build(version=__version__, model=detector.info.name, torch=_torch_version(detector),
                           device=detector.device)
     cams.stop(list(change.removed) + list(change.changed))
     for name in change.removed:
@@ -292,6 +295,11 @@ def _reload(cfg: Config, config_path: str | Path | None, cams: CameraSet, pool: 
     from dataclasses import replace
 
     return replace(new, **{key: getattr(cfg, key) for key in change.ignored})
+
+
+def _torch_version(detector: Detector) -> str:
+    """torch's version for the build info, without importing torch for another backend."""
+    return torch_version() if type(detector).__name__ == "TorchScriptDetector" else "not loaded"
 
 
 def _round(value: float) -> float | None:

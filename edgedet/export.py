@@ -283,6 +283,9 @@ def export(
         traced.save(tmp_name, _extra_files={METADATA_FILE: json.dumps(metadata)})
         with open(tmp_name, "rb") as fh:
             os.fsync(fh.fileno())
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp_name, 0o666 & ~umask)  # mkstemp makes 0600; a daemon user must be able to read it
         os.replace(tmp_name, output)
     except BaseException:
         Path(tmp_name).unlink(missing_ok=True)
