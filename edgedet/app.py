@@ -80,7 +80,9 @@ def _class_ids(cfg: Config, names: tuple[str, ...]) -> list[int] | None:
 
 def _load_model(cfg: Config) -> tuple[Detector, DecodeOptions, int]:
     """Load the detector and derive decode options and the worker count (raises EdgedetError)."""
-    count, threads = thread_layout(None, cfg.workers.count, cfg.workers.threads_per_worker)
+    # Throughput layout when a file is read with back-pressure (every frame matters, not latency).
+    throughput = any(c.enabled and c.kind == "file" and not c.realtime for c in cfg.cameras.values())
+    count, threads = thread_layout(None, cfg.workers.count, cfg.workers.threads_per_worker, throughput)
     if resolve_backend(cfg.model.path, cfg.model.backend) == "torchscript":
         set_torch_threads(threads)  # torch's pool is process-wide; other backends take `threads`
     detector = load_detector(cfg.model.path, device=cfg.model.device, half=cfg.model.half or None,

@@ -97,7 +97,7 @@ def _cmd_detect(args: argparse.Namespace) -> int:
     detector = load_detector(args.model, device=args.device, backend=args.backend)
     info = detector.info
     classes = _parse_classes(args.classes, info.names)
-    pre = Preprocessor(*info.imgsz, dtype=detector.np_dtype)
+    pre = Preprocessor(*info.imgsz, dtype=detector.np_dtype, layout=getattr(detector, "input_layout", "nchw"))
     save_dir = Path(args.save_annotated) if args.save_annotated else None
     if save_dir:
         save_dir.mkdir(parents=True, exist_ok=True)

@@ -244,14 +244,19 @@ class TorchScriptDetector:
         for _ in range(max(0, warmup)):
             self.infer(np.zeros(self.input_shape, dtype=self.np_dtype))
 
-    def input_buffer(self, batch: int) -> np.ndarray:
-        """A preprocessing buffer for ``batch`` frames: pinned (page-locked) host memory on CUDA, so
-        the upload in ``infer`` is a non-blocking DMA; plain memory on a CPU."""
-        torch = self._torch
+    def input_buffer(self, batch: int) -> np.ndarray | None:
+        """A preprocessing buffer for ``batch`` frames in pinned (page-locked) host memory on CUDA,
+        so the upload in ``infer`` is a non-blocking DMA; None on a CPU (the preprocessor allocates
+        its own, laid out as ``input_layout`` says)."""
+        if not self.device.startswith("cuda"):
+            return None
         shape = (batch, *self.input_shape[1:])
-        if self.device.startswith("cuda"):
-            return torch.empty(shape, dtype=self._dtype, pin_memory=True).numpy()
-        return np.empty(shape, dtype=self.np_dtype)
+        return self._torch.empty(shape, dtype=self._dtype, pin_memory=True).numpy()
+
+    @property
+    def input_layout(self) -> str:
+        """``nhwc`` when the model runs channels_last (CPU): the input is then used without a copy."""
+        return "nhwc" if self._memory_format is self._torch.channels_last else "nchw"
 
     def _stream(self) -> Any:
         """One CUDA stream per calling thread, so worker threads overlap on the GPU."""

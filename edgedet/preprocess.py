@@ -77,22 +77,35 @@ class Preprocessor:
     """Letterboxes frames into buffers it owns and reuses (one instance per worker thread).
 
     ``__call__(image, slot)`` returns ``(tensor, geometry)``; ``tensor`` is the 1 x 3 x H x W view of
-    batch slot ``slot`` in the reused NCHW buffer (float32 or float16), valid until that slot is
-    written again. ``batch`` is the whole ``batch x 3 x H x W`` buffer. Pass ``buffer`` to write
-    into memory someone else owns (e.g. pinned host memory for CUDA uploads).
+    batch slot ``slot`` (float32 or float16), valid until that slot is written again. ``batch`` is
+    the whole ``batch x 3 x H x W`` view.
+
+    ``layout``: ``"nchw"`` (contiguous planes, what ONNX Runtime / OpenVINO / CUDA uploads take) or
+    ``"nhwc"``: the same NCHW view over channels-last memory, which a channels_last TorchScript model
+    on a CPU consumes without a copy, and which is filled 4-5x faster (two contiguous passes instead
+    of one strided one). Pass ``buffer`` (NCHW, contiguous) to write into memory someone else owns,
+    e.g. pinned host memory for CUDA uploads.
     """
 
     def __init__(self, input_h: int, input_w: int, dtype: type[np.floating] = np.float32, batch: int = 1,
-                 buffer: np.ndarray | None = None) -> None:
+                 buffer: np.ndarray | None = None, layout: str = "nchw") -> None:
+        if layout not in ("nchw", "nhwc"):
+            raise ValueError(f"layout must be 'nchw' or 'nhwc' (got {layout!r})")
         self.input_h = input_h
         self.input_w = input_w
         self._canvas = np.full((input_h, input_w, 3), PAD_VALUE, dtype=np.uint8)
+        self._rgb = np.empty_like(self._canvas)
+        self._nhwc: np.ndarray | None = None
         if buffer is not None:
             if buffer.shape != (batch, 3, input_h, input_w):
                 raise ValueError(f"buffer shape {buffer.shape} != {(batch, 3, input_h, input_w)}")
             self.batch = buffer
+        elif layout == "nhwc":
+            self._nhwc = np.empty((batch, input_h, input_w, 3), dtype=dtype)
+            self.batch = self._nhwc.transpose(0, 3, 1, 2)
         else:
             self.batch = np.empty((batch, 3, input_h, input_w), dtype=dtype)
+        self._scale = np.asarray(255, dtype=self.batch.dtype)
         self._last_geometry: Letterbox | None = None
 
     def __call__(self, image: np.ndarray, slot: int = 0) -> tuple[np.ndarray, Letterbox]:
@@ -110,6 +123,10 @@ class Preprocessor:
             resized = cv2.resize(bgr, (geo.new_w, geo.new_h), dst=roi, interpolation=cv2.INTER_LINEAR)
             if resized is not roi and not np.shares_memory(resized, roi):
                 roi[...] = resized  # OpenCV could not write in place (should not happen)
-        # BGR -> RGB, HWC -> CHW, /255 in one strided pass into the reused buffer.
-        np.divide(self._canvas[:, :, ::-1].transpose(2, 0, 1), 255.0, out=self.batch[slot], casting="unsafe")
+        if self._nhwc is not None:
+            cv2.cvtColor(self._canvas, cv2.COLOR_BGR2RGB, dst=self._rgb)
+            np.divide(self._rgb, self._scale, out=self._nhwc[slot], casting="unsafe")
+        else:  # BGR -> RGB, HWC -> CHW, /255 in one strided pass
+            np.divide(self._canvas[:, :, ::-1].transpose(2, 0, 1), self._scale, out=self.batch[slot],
+                      casting="unsafe")
         return self.batch[slot : slot + 1], geo

@@ -77,6 +77,8 @@ def sample_frames(n: int = 8) -> list[np.ndarray]:
 
 def raw_throughput(det: TorchScriptDetector, batch: int, seconds: float) -> float:
     x = det.input_buffer(batch)
+    if x is None:  # a CPU: plain memory
+        x = np.empty((batch, *det.input_shape[1:]), dtype=det.np_dtype)
     x[...] = 0.5
     det.infer(x)  # warm-up for this batch size
     n, t0 = 0, time.perf_counter()

@@ -71,7 +71,9 @@ JOB = "edgedet"  # the job name of config/prometheus/edgedet.yml
 RATE_INTERVAL = "15s"
 DEADLINE_S = 90.0  # daemon start + first samples; ~10 s on an idle 2-core box
 #: Alerts that must be inactive while the stack is healthy.
-QUIET_ALERTS = ("EdgedetDown", "EdgedetCameraDown", "EdgedetNoFramesProcessed", "EdgedetBrokerDisconnected", "EdgedetCameraFrozen")
+QUIET_ALERTS = (
+    "EdgedetDown", "EdgedetCameraDown", "EdgedetNoFramesProcessed", "EdgedetBrokerDisconnected", "EdgedetCameraFrozen",
+)
 EXPECTED_ALERTS = {*QUIET_ALERTS, "EdgedetHighLatency", "EdgedetOutboxGrowing"}
 
 

@@ -261,3 +261,74 @@ def test_errors(stop: threading.Event) -> None:
         queue.put(frame("yard", 0))
     with pytest.raises(KeyError):
         hub.depth("nope")
+
+
+# --------------------------------------------------------------------------- fresh-frame policy
+
+
+def _live_frame(camera: str, seq: int, age_ms: float) -> Frame:
+    return Frame(camera, seq, time.monotonic_ns() - int(age_ms * 1e6), time.time(), np.zeros((2, 2, 3), np.uint8))
+
+
+def _prime_period(queue, camera: str, period_ms: float = 40.0, n: int = 5) -> None:
+    """Put frames spaced ``period_ms`` apart (by timestamp) so the queue learns the camera's period."""
+    base = time.monotonic_ns() - int(10 * period_ms * 1e6)
+    for i in range(n):
+        queue.put(Frame(camera, i, base + int(i * period_ms * 1e6), time.time(), np.zeros((2, 2, 3), np.uint8)))
+
+
+def test_stale_frame_is_replaced_by_the_next_one():
+    """A worker finding a frame older than 0.6 x the period takes the next frame instead."""
+    stop = threading.Event()
+    registry = CollectorRegistry()
+    hub = FrameHub(stop, Metrics(registry))
+    q = hub.add_camera("cam", maxsize=1)
+    _prime_period(q, "cam")
+    assert hub.get(timeout=1).seq == 4  # the priming frames are old: drain the last one
+    q.put(_live_frame("cam", 10, age_ms=35))  # stale: 35 ms of a 40 ms period
+    feeder = threading.Thread(target=lambda: q.put(_live_frame("cam", 11, age_ms=0)))
+    feeder.start()
+    got = hub.get(timeout=1)
+    feeder.join(5)
+    assert got.seq == 11
+    dropped = registry.get_sample_value("edgedet_frames_dropped_total", {"camera": "cam", "reason": "queue_full"})
+    assert dropped >= 5  # 4 replaced while priming + the stale one
+
+
+def test_stale_frame_is_used_when_no_newer_one_comes():
+    stop = threading.Event()
+    hub = FrameHub(stop)
+    q = hub.add_camera("cam", maxsize=1)
+    _prime_period(q, "cam")
+    hub.get(timeout=1)
+    q.put(_live_frame("cam", 10, age_ms=35))
+    assert hub.get(timeout=1).seq == 10  # waited at most ~0.25 period, then took it
+
+
+def test_fresh_policy_never_idles_while_another_camera_waits():
+    """With camera b's frame waiting, a's stale frame is served as it is (no wait for a newer one)."""
+    stop = threading.Event()
+    hub = FrameHub(stop)
+    a = hub.add_camera("a", maxsize=1)
+    b = hub.add_camera("b", maxsize=1)
+    _prime_period(a, "a")
+    assert hub.get(timeout=1).camera == "a"
+    b.put(_live_frame("b", 0, age_ms=0))
+    assert hub.get(timeout=1).camera == "b"  # round-robin: a is next
+    a.put(_live_frame("a", 10, age_ms=35))
+    b.put(_live_frame("b", 1, age_ms=0))
+    first = hub.get(timeout=1)
+    assert (first.camera, first.seq) == ("a", 10)
+    assert (hub.get(timeout=1).camera, len(a)) == ("b", 0)
+
+
+@pytest.mark.parametrize(("maxsize", "backpressure"), [(1, True), (2, False)])
+def test_fresh_policy_only_for_live_newest_frame_queues(maxsize, backpressure):
+    stop = threading.Event()
+    hub = FrameHub(stop)
+    q = hub.add_camera("cam", maxsize=maxsize, backpressure=backpressure)
+    _prime_period(q, "cam", n=maxsize + 1 if backpressure is False else 1)
+    while len(q):
+        hub.get(timeout=1)
+    q.put(_live_frame("cam", 10, age_ms=35))
+    assert hub.get(timeout=1).seq == 10

@@ -52,12 +52,14 @@ def frame(camera: str, seq: int) -> Frame:
 
 
 @pytest.mark.parametrize(
-    ("cores", "count", "threads", "expected"),
-    [(2, None, None, (1, 2)), (4, None, None, (1, 4)), (8, None, None, (2, 4)), (16, None, None, (4, 4)),
-     (1, None, None, (1, 1)), (2, 2, None, (2, 1)), (8, None, 2, (4, 2)), (2, 3, 5, (3, 5))],
+    ("cores", "count", "threads", "throughput", "expected"),
+    [(2, None, None, False, (1, 2)), (4, None, None, False, (1, 4)), (8, None, None, False, (2, 4)),
+     (16, None, None, False, (4, 4)), (1, None, None, False, (1, 1)), (2, 2, None, False, (2, 1)),
+     (8, None, 2, False, (4, 2)), (2, 3, 5, False, (3, 5)),
+     (2, None, None, True, (2, 1)), (8, None, None, True, (8, 1)), (4, 1, None, True, (1, 4))],
 )
-def test_thread_layout(cores, count, threads, expected):
-    assert thread_layout(cores, count, threads) == expected
+def test_thread_layout(cores, count, threads, throughput, expected):
+    assert thread_layout(cores, count, threads, throughput) == expected
 
 
 def test_workers_process_every_frame_and_rescale():
