@@ -31,6 +31,7 @@ from edgedet.inference import DecodeOptions, WorkerPool, thread_layout
 from edgedet.metrics import Metrics, serve, stop_server
 from edgedet.model import Detector, load_detector, set_torch_threads, torch_version
 from edgedet.outbox import Outbox, open_outbox
+from edgedet.postprocess import class_ids
 from edgedet.publish import MqttPublisher
 from edgedet.reload import plan
 from edgedet.sdnotify import Notifier, WatchdogThread, watchdog_interval
@@ -65,17 +66,10 @@ class FlowTracker:
 def _class_ids(cfg: Config, names: tuple[str, ...]) -> list[int] | None:
     if cfg.model.classes is None:
         return None
-    ids: list[int] = []
-    for item in cfg.model.classes:
-        if isinstance(item, int):
-            if not 0 <= item < len(names):
-                raise ConfigError(f"model.classes: class id {item} out of range (model has {len(names)} classes)")
-            ids.append(item)
-        elif item in names:
-            ids.append(names.index(item))
-        else:
-            raise ConfigError(f"model.classes: unknown label {item!r} (model labels: {', '.join(names)})")
-    return ids
+    try:
+        return class_ids(cfg.model.classes, names)
+    except ValueError as exc:
+        raise ConfigError(f"model.classes: {exc}") from None
 
 
 def _load_model(cfg: Config) -> tuple[Detector, DecodeOptions, int]:

@@ -70,21 +70,13 @@ def _cmd_export(args: argparse.Namespace) -> int:
 def _parse_classes(values: Sequence[str] | None, names: Sequence[str]) -> list[int] | None:
     if not values:
         return None
-    ids: list[int] = []
-    for item in ",".join(values).split(","):
-        item = item.strip()
-        if not item:
-            continue
-        if item.isdigit():
-            idx = int(item)
-            if idx >= len(names):
-                raise InputError(f"--classes: class id {idx} out of range (model has {len(names)} classes)")
-            ids.append(idx)
-        elif item in names:
-            ids.append(names.index(item))
-        else:
-            raise InputError(f"--classes: unknown label {item!r} (model labels: {', '.join(names)})")
-    return ids
+    from edgedet.postprocess import class_ids
+
+    items = [item.strip() for item in ",".join(values).split(",") if item.strip()]
+    try:
+        return class_ids(items, names)
+    except ValueError as exc:
+        raise InputError(f"--classes: {exc}") from None
 
 
 def _cmd_detect(args: argparse.Namespace) -> int:

@@ -20,6 +20,24 @@ from edgedet.types import Detection
 MAX_NMS = 30000
 
 
+def class_ids(requested: Sequence[str | int], names: Sequence[str]) -> list[int]:
+    """Labels or class ids -> class ids of a model with ``names``; ValueError names the bad one.
+    Digit strings count as ids (command-line input)."""
+    ids: list[int] = []
+    for item in requested:
+        if isinstance(item, str) and item.strip().isdigit():
+            item = int(item)
+        if isinstance(item, int):
+            if not 0 <= item < len(names):
+                raise ValueError(f"class id {item} out of range (model has {len(names)} classes)")
+            ids.append(item)
+        elif item in names:
+            ids.append(list(names).index(item))
+        else:
+            raise ValueError(f"unknown label {item!r} (model labels: {', '.join(names)})")
+    return ids
+
+
 def decode(
     output: np.ndarray,
     geometry: Letterbox,

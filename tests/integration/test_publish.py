@@ -222,13 +222,6 @@ def publisher() -> Iterator[Callable[..., MqttPublisher]]:
         pub.stop()
 
 
-@pytest.fixture(autouse=True)
-def no_thread_leak() -> Iterator[None]:
-    before = set(threading.enumerate())
-    yield
-    wait_until(lambda: not (set(threading.enumerate()) - before), 5, "test threads to end")
-
-
 @pytest.fixture
 def node() -> str:
     return f"node{uuid.uuid4().hex[:6]}"

@@ -3,7 +3,6 @@ from __future__ import annotations
 import json
 import logging
 import socket
-import threading
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -14,19 +13,6 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from edgedet.errors import ConfigError, EdgedetError
 from edgedet.metrics import Metrics, serve, stop_server
-
-
-@pytest.fixture
-def registry() -> CollectorRegistry:
-    return CollectorRegistry()
-
-
-@pytest.fixture(autouse=True)
-def no_leaked_threads() -> Iterator[None]:
-    before = set(threading.enumerate())
-    yield
-    leaked = [t.name for t in threading.enumerate() if t not in before and t.is_alive()]
-    assert not leaked, f"threads leaked: {leaked}"
 
 
 def _get(url: str) -> tuple[int, str, bytes]:

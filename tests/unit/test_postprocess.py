@@ -69,3 +69,25 @@ def test_rescale_thin_image_uses_per_axis_gain():
 def test_class_count_mismatch_is_an_error():
     with pytest.raises(ValueError, match="2 classes but 3 names"):
         decode(head((1, 1, 1, 1, 0, 0.9)), SQUARE, ("a", "b", "c"))
+
+
+@pytest.mark.parametrize(
+    ("requested", "expected"),
+    [(["car"], [1]), ([0, "car"], [0, 1]), (["1"], [1]), (["person", "person"], [0, 0])],
+)
+def test_class_ids(requested, expected):
+    from edgedet.postprocess import class_ids
+
+    assert class_ids(requested, NAMES) == expected
+
+
+@pytest.mark.parametrize(
+    ("requested", "message"),
+    [(["smoke"], "unknown label 'smoke' (model labels: person, car)"), ([2], "class id 2 out of range")],
+)
+def test_class_ids_errors(requested, message):
+    from edgedet.postprocess import class_ids
+
+    with pytest.raises(ValueError, match=None) as info:
+        class_ids(requested, NAMES)
+    assert message in str(info.value)

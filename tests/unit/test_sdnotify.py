@@ -19,14 +19,6 @@ from edgedet.sdnotify import Notifier, WatchdogThread, watchdog_interval
 DEADLINE_S = 5.0
 
 
-@pytest.fixture(autouse=True)
-def no_leaked_threads() -> Iterator[None]:
-    before = set(threading.enumerate())
-    yield
-    leaked = [t.name for t in threading.enumerate() if t not in before and t.is_alive()]
-    assert not leaked, f"threads leaked: {leaked}"
-
-
 class FakeSystemd:
     """The receiving end of $NOTIFY_SOCKET: one decoded datagram per message."""
 
