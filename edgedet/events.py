@@ -410,7 +410,7 @@ class EventTracker:
         self._id_factory = id_factory or default_event_id
         self._snapshots = snapshots
         self._labels: dict[str, _Label] = {}
-        self._last_seq: int | None = None
+        self._recent_seqs: deque[int] = deque(maxlen=64)  # duplicate detection
         self._last_frame_at: float | None = None
         self._lock = threading.Lock()
 
@@ -425,18 +425,20 @@ class EventTracker:
     def update(self, dets: Detections, image: np.ndarray | None) -> list[EventMessage]:
         """Feed one processed frame (also one without detections); returns the messages it caused.
 
-        Frames must come in ``seq`` order; one at or below the last seq is ignored (returns []).
+        Frames are counted in arrival order: with several inference workers a frame may finish
+        just after a later one, and still counts (the K-of-N window is about time, not seq). A
+        frame whose seq was already seen (a duplicate) is ignored (returns []).
         """
         if dets.camera != self.camera:
             raise ValueError(f"EventTracker for camera {self.camera!r} got detections of {dets.camera!r}")
         with self._lock:
-            if self._last_seq is not None and dets.seq <= self._last_seq:
-                log.debug("camera %s: frame %d arrived after frame %d; ignored for events",
-                          self.camera, dets.seq, self._last_seq)
+            if dets.seq in self._recent_seqs:
+                log.debug("camera %s: frame %d seen before; ignored for events", self.camera, dets.seq)
                 return []
+            self._recent_seqs.append(dets.seq)
             now = self._clock()
             gap = None if self._last_frame_at is None else now - self._last_frame_at
-            self._last_seq, self._last_frame_at = dets.seq, now
+            self._last_frame_at = now
             out = self._expire(now)
             hits = self._qualifying(dets)
             for label in sorted(set(self._labels) | set(hits)):

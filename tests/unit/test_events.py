@@ -193,12 +193,21 @@ def test_close_ends_every_event_and_active_reports_them() -> None:
     assert feed.tracker.active() == {} and feed.tracker.tick(now=1e9) == []
 
 
-def test_out_of_order_frames_are_ignored_and_wrong_camera_is_an_error() -> None:
+def test_duplicate_frames_are_ignored_and_wrong_camera_is_an_error() -> None:
     feed = Feed()
     feed.pattern("xx")
-    late = Detections("ridge", 0, 0, T0, W, H, "m", (det(),))
-    assert feed.tracker.update(late, None) == []
-    assert types(feed.pattern("x")) == ["new"]  # the late frame was not counted
+    again = Detections("ridge", 0, 0, T0, W, H, "m", (det(),))
+    assert feed.tracker.update(again, None) == []
+    assert types(feed.pattern("x")) == ["new"]  # the duplicate was not counted
+
+
+def test_a_frame_finishing_after_a_later_one_still_counts() -> None:
+    """Two workers: frame 3 may be published before frame 2; both count towards K of N."""
+    feed = Feed()
+    feed.pattern("x")  # seq 0
+    assert feed.tracker.update(Detections("ridge", 2, 0, T0 + 1, W, H, "m", (det(),)), None) == []
+    messages = feed.tracker.update(Detections("ridge", 1, 0, T0 + 2, W, H, "m", (det(),)), None)
+    assert [m.type for m in messages] == ["new"]  # 3 qualifying frames of 3
     with pytest.raises(ValueError, match="camera 'ridge' got detections of 'gate'"):
         feed.tracker.update(Detections("gate", 99, 0, T0, W, H, "m", ()), None)
 
