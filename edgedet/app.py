@@ -130,16 +130,17 @@ def _run(cfg: Config, config_path: str | Path | None, stop: threading.Event,
     cams = CameraSet(hub, metrics, publisher.set_camera_status)
 
     def health() -> tuple[bool, dict[str, Any]]:
-        queues = cams.queues()
+        running = cams.snapshot()
+        queues = {name: queue for name, (queue, _) in running.items()}
         ended = {n for n, q in queues.items() if q.closed}
         problems = []
-        for name in queues:
+        for name, (_, cam) in running.items():
             age = flow.age_s(name)
             if name in ended:
                 continue
             if age != age:
                 problems.append(f"camera {name}: no frame yet")
-            elif age > cams.config(name).stall_timeout_s:
+            elif age > cam.stall_timeout_s:
                 problems.append(f"camera {name}: last frame {age:.1f}s ago")
         if not publisher.connected:
             problems.append(f"MQTT broker {cfg.mqtt.host}:{cfg.mqtt.port} not connected")

@@ -58,11 +58,13 @@ class CameraSet:
     def names(self) -> list[str]:
         return list(self._running)
 
-    def config(self, name: str) -> CameraConfig:
-        return self._running[name].config
+    def snapshot(self) -> dict[str, tuple[CameraQueue, CameraConfig]]:
+        """Queue and config of every running camera, copied at once (safe from other threads)."""
+        return {name: (r.queue, r.config) for name, r in list(self._running.items())}
 
     def queues(self) -> dict[str, CameraQueue]:
-        return {name: r.queue for name, r in self._running.items()}
+        # list() copies in one step: the HTTP thread calls this while a reload may change the set.
+        return {name: r.queue for name, r in list(self._running.items())}
 
     def start(self, name: str, cam: CameraConfig) -> None:
         backpressure = cam.kind == "file" and not cam.realtime
