@@ -57,8 +57,10 @@ def test_discovery_configs_stats_and_broker_restart(tmp_path: Path, mosquitto: A
             raise fail(exc) from None
 
         # A late subscriber gets every config, retained, valid against HA's documented schema.
-        late = mqtt_sub(mosquitto, "homeassistant/#")
-        got = late.wait_for(lambda m: EXPECTED <= configs(m).keys() and m, 10, "the discovery configs")
+        first = mqtt_sub(mosquitto, "homeassistant/#")  # may see them live, as they are published
+        first.wait_for(lambda m: EXPECTED <= configs(m).keys() and m, 10, "the discovery configs")
+        late = mqtt_sub(mosquitto, "homeassistant/#")  # subscribes after: only retained copies
+        got = late.wait_for(lambda m: EXPECTED <= configs(m).keys() and m, 10, "the retained discovery configs")
         assert {m.topic for m in got} == EXPECTED and all(m.retain for m in got)
         for topic, config in configs(got).items():
             jsonschema.validate(config, SCHEMAS[topic.split("/")[1]])
