@@ -20,8 +20,7 @@ from typing import Any
 from prometheus_client import CollectorRegistry
 
 from edgedet import __version__
-from edgedet.backends import resolve_backend
-from edgedet.cameras import CameraSet
+from edgedet.capture.cameras import CameraSet
 from edgedet.config import Config, load_config
 from edgedet.errors import ConfigError, EdgedetError
 from edgedet.events import EventStage
@@ -29,10 +28,11 @@ from edgedet.framequeue import FrameHub
 from edgedet.homeassistant import HomeAssistant
 from edgedet.inference import DecodeOptions, WorkerPool, thread_layout
 from edgedet.metrics import Metrics, serve, stop_server
-from edgedet.model import Detector, load_detector, set_torch_threads, torch_version
-from edgedet.outbox import Outbox, open_outbox
+from edgedet.model import load_detector, torch_version
+from edgedet.model.base import Detector
+from edgedet.outputs.client import MqttPublisher
+from edgedet.outputs.outbox import Outbox, open_outbox
 from edgedet.postprocess import class_ids
-from edgedet.publish import MqttPublisher
 from edgedet.reload import plan
 from edgedet.sdnotify import Notifier, WatchdogThread, watchdog_interval
 from edgedet.types import Detections, Frame
@@ -77,8 +77,6 @@ def _load_model(cfg: Config) -> tuple[Detector, DecodeOptions, int]:
     # Throughput layout when a file is read with back-pressure (every frame matters, not latency).
     throughput = any(c.enabled and c.kind == "file" and not c.realtime for c in cfg.cameras.values())
     count, threads = thread_layout(None, cfg.workers.count, cfg.workers.threads_per_worker, throughput)
-    if resolve_backend(cfg.model.path, cfg.model.backend) == "torchscript":
-        set_torch_threads(threads)  # torch's pool is process-wide; other backends take `threads`
     detector = load_detector(cfg.model.path, device=cfg.model.device, half=cfg.model.half or None,
                              backend=cfg.model.backend, threads=threads)
     options = DecodeOptions(
@@ -296,7 +294,7 @@ def _reload(cfg: Config, config_path: str | Path | None, cams: CameraSet, pool: 
 
 def _torch_version(detector: Detector) -> str:
     """torch's version for the build info, without importing torch for another backend."""
-    return torch_version() if type(detector).__name__ == "TorchScriptDetector" else "not loaded"
+    return torch_version()
 
 
 def _round(value: float) -> float | None:

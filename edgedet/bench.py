@@ -178,7 +178,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """``edgedet bench`` / ``scripts/bench.py``: run, print the table, write ``--json``."""
     args = build_parser().parse_args(argv)
     if not logging.getLogger().handlers:
-        from edgedet.cli import setup_logging
+        from edgedet.logs import setup_logging
 
         setup_logging("INFO")
     try:
@@ -199,7 +199,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def run_bench(opts: Options) -> dict[str, Any]:
-    from edgedet.model import read_metadata  # no torch
+    from edgedet.model.torchscript import read_metadata  # no torch
 
     info = read_metadata(opts.model)
     rect_info = read_metadata(opts.model_rect) if opts.model_rect else None
@@ -886,7 +886,8 @@ def _child_edge(spec: dict[str, Any]) -> dict[str, Any]:
     import torch
 
     from edgedet.inference import DecodeOptions, thread_layout
-    from edgedet.model import TorchScriptDetector, set_torch_threads, torch_version
+    from edgedet.model import torch_version
+    from edgedet.model.torchscript import TorchScriptDetector, set_torch_threads
     from edgedet.preprocess import Preprocessor
 
     default_threads = torch.get_num_threads()
@@ -924,7 +925,7 @@ def _child_edge(spec: dict[str, Any]) -> dict[str, Any]:
 def _raw_layout(detector: Any, tensor: Any, workers: int, threads: int, where: str, iters: int) -> dict[str, Any]:
     import torch
 
-    from edgedet.model import set_torch_threads
+    from edgedet.model.torchscript import set_torch_threads
 
     lock = threading.Lock()
     remaining = [iters]
@@ -1001,7 +1002,7 @@ def _diag(detector: Any, pre: Any, image: Any, video: str) -> dict[str, float]:
     import numpy as np
     import torch
 
-    from edgedet.capture import OpenCvSource
+    from edgedet.capture.worker import OpenCvSource
     from edgedet.postprocess import decode
 
     def timed(fn: Callable[[], object], n: int) -> float:
@@ -1055,7 +1056,7 @@ def _build_pipeline(
     """The real pipeline, wired like ``app.run`` (minus MQTT and the metrics server)."""
     from prometheus_client import CollectorRegistry
 
-    from edgedet.capture import CaptureWorker
+    from edgedet.capture.worker import CaptureWorker
     from edgedet.framequeue import FrameHub
     from edgedet.inference import InferenceWorker
     from edgedet.metrics import Metrics
@@ -1092,7 +1093,7 @@ def _stage_ms(events: list[tuple[int, Any]]) -> dict[str, float]:
 
 
 def _pipeline_file(detector: Any, spec: dict[str, Any], count: int, threads: int, options: Any) -> dict[str, Any]:
-    from edgedet.capture import OpenCvSource
+    from edgedet.capture.worker import OpenCvSource
 
     def factory() -> _LimitedSource:
         return _LimitedSource(OpenCvSource(spec["video"], "file"), spec["frames"])
@@ -1127,9 +1128,9 @@ def _pipeline_file(detector: Any, spec: dict[str, Any], count: int, threads: int
 
 
 def _child_live(spec: dict[str, Any]) -> dict[str, Any]:
-    from edgedet.capture import OpenCvSource
+    from edgedet.capture.worker import OpenCvSource
     from edgedet.inference import DecodeOptions, thread_layout
-    from edgedet.model import TorchScriptDetector, set_torch_threads
+    from edgedet.model.torchscript import TorchScriptDetector, set_torch_threads
 
     count, threads = thread_layout(None, spec["workers"], spec["threads"])
     set_torch_threads(threads)

@@ -11,42 +11,18 @@ import json
 import logging
 import sys
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 from edgedet import __version__
 from edgedet.errors import EdgedetError, InputError
+from edgedet.logs import setup_logging
 
 log = logging.getLogger("edgedet")
 
 
-class _RedactFilter(logging.Filter):
-    """Replaces secrets (passwords, URL credentials) in every log record."""
-
-    def __init__(self, secrets: Iterable[str]) -> None:
-        super().__init__()
-        self.secrets = [s for s in secrets if s]
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        if self.secrets:
-            text = record.getMessage()
-            for secret in self.secrets:
-                text = text.replace(secret, "***")
-            record.msg, record.args = text, None
-        return True
-
-
-def setup_logging(level: str = "INFO", secrets: Iterable[str] = ()) -> None:
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
-    handler.addFilter(_RedactFilter(secrets))
-    root = logging.getLogger()
-    root.handlers[:] = [handler]
-    root.setLevel(level)
-
-
 def _cmd_export(args: argparse.Namespace) -> int:
-    from edgedet.export import export, parse_imgsz, rect_imgsz
+    from edgedet.model.export.trace import export, parse_imgsz, rect_imgsz
 
     imgsz = parse_imgsz(args.imgsz)
     if args.rect:

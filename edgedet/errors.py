@@ -41,3 +41,9 @@ class CaptureError(EdgedetError):
 
 class PublishError(EdgedetError):
     """MQTT publishing failed in a way the caller must know about."""
+
+
+def first_line(exc: BaseException) -> str:
+    """The first non-empty line of an exception's text, or its type name: for one-line errors."""
+    text = str(exc).strip()
+    return text.splitlines()[0].strip() if text else type(exc).__name__

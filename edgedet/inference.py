@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 from edgedet.framequeue import FrameHub
 from edgedet.metrics import Metrics
-from edgedet.model import Detector
+from edgedet.model.base import Detector
 from edgedet.postprocess import decode
 from edgedet.preprocess import Preprocessor
 from edgedet.types import Detections, Frame

@@ -18,7 +18,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 
 from edgedet.errors import ConfigError
-from edgedet.outbox import DROP_REASONS as OUTBOX_DROP_REASONS
+from edgedet.outputs.outbox import DROP_REASONS as OUTBOX_DROP_REASONS
 
 log = logging.getLogger(__name__)
 

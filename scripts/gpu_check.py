@@ -28,10 +28,10 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from edgedet.capture import CaptureWorker  # noqa: E402
+from edgedet.capture.worker import CaptureWorker  # noqa: E402
 from edgedet.framequeue import FrameHub  # noqa: E402
 from edgedet.inference import DecodeOptions, InferenceWorker  # noqa: E402
-from edgedet.model import TorchScriptDetector  # noqa: E402
+from edgedet.model.torchscript import TorchScriptDetector  # noqa: E402
 from edgedet.types import Detections, Frame  # noqa: E402
 
 

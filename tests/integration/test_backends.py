@@ -229,7 +229,8 @@ def test_openvino_bad_files_one_line_errors(tmp_path, openvino_model, case):
 BENCH = r"""
 import json, statistics, sys, time
 import numpy as np
-from edgedet.model import TorchScriptDetector, set_torch_threads, load_detector
+from edgedet.model import load_detector
+from edgedet.model.torchscript import TorchScriptDetector, set_torch_threads
 runs, threads = int(sys.argv[1]), int(sys.argv[2])
 x = np.random.default_rng(0).random((1, 3, 640, 640), dtype=np.float32)
 out = {}

@@ -23,7 +23,7 @@ from typing import Any
 
 import pytest
 
-from edgedet.model import read_metadata
+from edgedet.model.torchscript import read_metadata
 from tests.brokers import auth_lines, down_camera, healthz, password_file, stop_cleanly, wait_log_line
 from tests.daemoncfg import write_config
 from tests.helpers import (

@@ -11,7 +11,7 @@ from pathlib import Path
 import jsonschema
 import pytest
 
-from edgedet.publish import load_schema
+from edgedet.outputs.payload import load_schema
 from tests.daemoncfg import write_config
 from tests.helpers import (
     Message,

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from edgedet.export import sha256_file
-from edgedet.model import read_metadata
+from edgedet.model.export.trace import sha256_file
+from edgedet.model.torchscript import read_metadata
 from tests.paths import DEMO_MODEL, DEMO_WEIGHTS, REPO, ultralytics_assets
 
 pytestmark = pytest.mark.integration

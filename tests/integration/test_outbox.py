@@ -28,8 +28,8 @@ from prometheus_client import CollectorRegistry
 
 from edgedet.config import MqttConfig, OutboxConfig
 from edgedet.metrics import Metrics
-from edgedet.outbox import FILENAME, open_outbox
-from edgedet.publish import MqttPublisher
+from edgedet.outputs.client import MqttPublisher
+from edgedet.outputs.outbox import FILENAME, open_outbox
 from tests.helpers import REPO, free_port, port_open, stop_process, wait_for
 
 pytestmark = pytest.mark.integration
@@ -179,8 +179,9 @@ def assert_in_order(seqs: list[int]) -> None:
 PUBLISHER = textwrap.dedent(
     """
     import logging, signal, sys, threading, time, types
-    from edgedet.outbox import open_outbox
-    from edgedet.publish import MqttPublisher, to_payload
+    from edgedet.outputs.outbox import open_outbox
+    from edgedet.outputs.client import MqttPublisher
+    from edgedet.outputs.payload import to_payload
     from edgedet.types import Detection, Detections
 
     host, port, node, state_dir, seq = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4], int(sys.argv[5])

@@ -26,7 +26,8 @@ from paho.mqtt.enums import CallbackAPIVersion
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from edgedet.config import MqttConfig, TlsConfig
-from edgedet.publish import MqttPublisher, load_schema
+from edgedet.outputs.client import MqttPublisher
+from edgedet.outputs.payload import load_schema
 from edgedet.types import Detection, Detections
 
 pytestmark = pytest.mark.integration
@@ -225,7 +226,7 @@ def dets(camera: str = "gate", seq: int = 1, empty: bool = False, age_ms: float 
 
 
 class LogWaiter(logging.Handler):
-    """Collects edgedet.publish records; lets a test wait for one without sleeping."""
+    """Collects edgedet.outputs.client records; lets a test wait for one without sleeping."""
 
     def __init__(self) -> None:
         super().__init__(logging.DEBUG)
@@ -337,7 +338,7 @@ def test_last_will_offline_when_the_process_is_killed(broker: Broker, subscribe:
     code = textwrap.dedent(
         f"""
         import threading, types
-        from edgedet.publish import MqttPublisher
+        from edgedet.outputs.client import MqttPublisher
         cfg = types.SimpleNamespace(host={broker.host!r}, port={broker.port}, client_id=None,
             username=None, password=None, tls=None, topic_prefix="edgedet", qos=1, keepalive=5,
             publish_empty=False)

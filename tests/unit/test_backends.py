@@ -20,11 +20,11 @@ import numpy as np
 import pytest
 import yaml
 
-from edgedet.backends import resolve_backend
-from edgedet.backends._common import decode_string_props, info_from_mapping
-from edgedet.backends.exporting import onnx_metadata_props
 from edgedet.config import parse_config
 from edgedet.errors import ConfigError, ModelError
+from edgedet.model import resolve_backend
+from edgedet.model.base import decode_string_props, info_from_mapping
+from edgedet.model.export.convert import onnx_metadata_props
 from tests.paths import DEMO_MODEL, REPO
 
 HAS_ONNX = importlib.util.find_spec("onnx") is not None
@@ -84,7 +84,7 @@ def write_onnx(path: Path, meta: dict[str, Any] | None, in_hw: tuple[int, int] =
 
 
 def write_openvino(directory: Path, meta: dict[str, Any] | None, name: str = "tiny") -> Path:
-    from edgedet.backends.openvino import import_openvino
+    from edgedet.model.openvino import import_openvino
 
     ov = import_openvino()  # telemetry off: a plain `import openvino` starts a sender thread
 
@@ -279,7 +279,7 @@ def test_loading_imports_only_the_configured_backend(tmp_path: Path, kind: str, 
 
 @needs_ort
 def test_onnxruntime_detector_loads_and_infers(tmp_path: Path) -> None:
-    from edgedet.backends.onnxruntime import OnnxRuntimeDetector, read_metadata
+    from edgedet.model.onnxruntime import OnnxRuntimeDetector, read_metadata
 
     path = write_onnx(tmp_path / "tiny.onnx", metadata())
     det = OnnxRuntimeDetector(path, threads=1)
@@ -294,7 +294,7 @@ def test_onnxruntime_detector_loads_and_infers(tmp_path: Path) -> None:
 
 @needs_ort
 def test_onnxruntime_infer_is_thread_safe(tmp_path: Path) -> None:
-    from edgedet.backends.onnxruntime import OnnxRuntimeDetector
+    from edgedet.model.onnxruntime import OnnxRuntimeDetector
 
     det = OnnxRuntimeDetector(write_onnx(tmp_path / "tiny.onnx", metadata()), threads=1)
     assert run_threads(det) == []
@@ -326,7 +326,7 @@ def _onnx_cases(tmp_path: Path) -> dict[str, tuple[Path, str]]:
 @needs_ort
 @pytest.mark.parametrize("case", ["missing", "directory", "junk", "torchscript", "no metadata", "class count", "imgsz"])
 def test_onnxruntime_bad_files_one_line_errors(tmp_path: Path, case: str) -> None:
-    from edgedet.backends.onnxruntime import OnnxRuntimeDetector
+    from edgedet.model.onnxruntime import OnnxRuntimeDetector
 
     path, message = _onnx_cases(tmp_path)[case]
     with pytest.raises(ModelError) as info:
@@ -336,7 +336,7 @@ def test_onnxruntime_bad_files_one_line_errors(tmp_path: Path, case: str) -> Non
 
 @needs_ort
 def test_onnxruntime_wrong_input_and_device(tmp_path: Path) -> None:
-    from edgedet.backends.onnxruntime import OnnxRuntimeDetector
+    from edgedet.model.onnxruntime import OnnxRuntimeDetector
 
     path = write_onnx(tmp_path / "tiny.onnx", metadata())
     det = OnnxRuntimeDetector(path)
@@ -354,7 +354,7 @@ def test_onnxruntime_wrong_input_and_device(tmp_path: Path) -> None:
 @needs_ov
 @pytest.mark.parametrize("target", ["directory", "xml"])
 def test_openvino_detector_loads_and_infers(tmp_path: Path, target: str) -> None:
-    from edgedet.backends.openvino import OpenVinoDetector
+    from edgedet.model.openvino import OpenVinoDetector
 
     ir = write_openvino(tmp_path / "tiny_openvino_model", metadata())
     det = OpenVinoDetector(ir if target == "directory" else ir / "tiny.xml", threads=1)
@@ -366,7 +366,7 @@ def test_openvino_detector_loads_and_infers(tmp_path: Path, target: str) -> None
 
 @needs_ov
 def test_openvino_infer_is_thread_safe(tmp_path: Path) -> None:
-    from edgedet.backends.openvino import OpenVinoDetector
+    from edgedet.model.openvino import OpenVinoDetector
 
     det = OpenVinoDetector(write_openvino(tmp_path / "tiny_openvino_model", metadata()), threads=1)
     assert run_threads(det) == []
@@ -403,7 +403,7 @@ def _openvino_cases(tmp_path: Path) -> dict[str, tuple[Path, str]]:
     "case", ["missing", "empty dir", "not ir", "no metadata", "no bin", "junk xml", "class count", "bad yaml"]
 )
 def test_openvino_bad_files_one_line_errors(tmp_path: Path, case: str) -> None:
-    from edgedet.backends.openvino import OpenVinoDetector
+    from edgedet.model.openvino import OpenVinoDetector
 
     path, message = _openvino_cases(tmp_path)[case]
     with pytest.raises(ModelError) as info:
@@ -413,7 +413,7 @@ def test_openvino_bad_files_one_line_errors(tmp_path: Path, case: str) -> None:
 
 @needs_ov
 def test_openvino_cpu_only(tmp_path: Path) -> None:
-    from edgedet.backends.openvino import OpenVinoDetector
+    from edgedet.model.openvino import OpenVinoDetector
 
     ir = write_openvino(tmp_path / "tiny_openvino_model", metadata())
     with pytest.raises(ModelError, match="model.device cuda: the openvino backend runs on cpu only"):

@@ -16,17 +16,17 @@ import numpy as np
 import pytest
 from prometheus_client import CollectorRegistry
 
-from edgedet.capture import (
+from edgedet.capture.worker import (
     FROZEN_MAX_DIFF,
     CaptureWorker,
     FrameSource,
     OpenCvSource,
-    mask_url,
     thumbnail,
 )
 from edgedet.errors import CaptureError
 from edgedet.framequeue import CameraQueue, FrameHub
 from edgedet.metrics import Metrics
+from edgedet.redact import mask_url
 from edgedet.types import Frame
 
 DEADLINE_S = 10.0
@@ -957,7 +957,7 @@ def test_rtsp_transport_reaches_ffmpeg(transport: str, expected: str) -> None:
 
 QUIET_SCRIPT = """
 import sys
-from edgedet.capture import OpenCvSource
+from edgedet.capture.worker import OpenCvSource
 from edgedet.errors import CaptureError
 for _ in range(3):
     try:

@@ -19,11 +19,10 @@ from edgedet.config import (
     default_client_id,
     dump_config,
     load_config,
-    mask_url,
     parse_config,
-    redact,
 )
 from edgedet.errors import ConfigError
+from edgedet.redact import mask_url, redact
 
 CONFIG_DIR = Path(__file__).resolve().parents[2] / "config"
 
@@ -928,6 +927,6 @@ def test_demo_config_without_files_needs_check_files_off(base: Path) -> None:
 
 
 def test_url_query_secrets_are_scrubbed_from_logs() -> None:
-    from edgedet.config import url_secrets
+    from edgedet.redact import url_secrets
 
     assert sorted(url_secrets("rtsp://u:pw@cam/x?token=tk&key=k2&ch=1")) == ["k2", "pw", "tk"]

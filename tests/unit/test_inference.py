@@ -12,7 +12,7 @@ from prometheus_client import CollectorRegistry
 from edgedet.framequeue import FrameHub
 from edgedet.inference import DecodeOptions, InferenceWorker, thread_layout
 from edgedet.metrics import Metrics
-from edgedet.model import ModelInfo
+from edgedet.model.base import ModelInfo
 from edgedet.types import Detections, Frame
 
 INFO = ModelInfo(

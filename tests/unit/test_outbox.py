@@ -1,4 +1,4 @@
-"""Tests for edgedet.outbox: order, acks, bounds (count, age with an injected clock), crash safety,
+"""Tests for edgedet.outputs.outbox: order, acks, bounds (count, age with an injected clock), crash safety,
 process lock, corrupt files, metrics, and the ``outbox`` config section."""
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from prometheus_client import CollectorRegistry
 from edgedet.config import OutboxConfig, parse_config
 from edgedet.errors import ConfigError
 from edgedet.metrics import Metrics
-from edgedet.outbox import FILENAME, Outbox, OutboxError, open_outbox
+from edgedet.outputs.outbox import FILENAME, Outbox, OutboxError, open_outbox
 
 REPO = Path(__file__).resolve().parents[2]
 DAY = 24 * 3600.0
@@ -171,7 +171,7 @@ def test_messages_survive_kill_9_without_close(path: Path) -> None:
     code = textwrap.dedent(
         f"""
         import os, signal, types
-        from edgedet.outbox import Outbox
+        from edgedet.outputs.outbox import Outbox
         cfg = types.SimpleNamespace(enabled=True, mode="all", max_messages=1000, max_age_s=3600.0)
         box = Outbox.open({str(path)!r}, cfg)
         ids = [box.add("cam/gate/events", f"seq {{i}}", 1) for i in range(50)]

@@ -12,7 +12,9 @@ import jsonschema
 import pytest
 
 from edgedet.errors import ConfigError
-from edgedet.publish import MqttPublisher, Topics, load_schema, to_payload
+from edgedet.outputs.client import MqttPublisher
+from edgedet.outputs.payload import load_schema, to_payload
+from edgedet.outputs.topics import Topics
 from edgedet.types import Detection, Detections
 
 T_WALL = 1_700_000_000.1234  # 2023-11-14T22:13:20.123Z

@@ -28,9 +28,7 @@ Without an outbox, QoS >= 1 messages are queued in paho's memory only (lost on a
 
 from __future__ import annotations
 
-import json
 import logging
-import math
 import os
 import ssl
 import sys
@@ -38,22 +36,21 @@ import threading
 import time
 import uuid
 from collections.abc import Iterable
-from dataclasses import dataclass
-from datetime import datetime, timezone
-from importlib import resources
 from typing import TYPE_CHECKING, Any, Protocol
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
 
 from edgedet.errors import ConfigError
-from edgedet.outbox import Outbox, OutboxError
+from edgedet.outputs.outbox import Outbox, OutboxError
+from edgedet.outputs.payload import to_payload
+from edgedet.outputs.topics import Topics
 from edgedet.types import Detections
 
 if TYPE_CHECKING:
     from prometheus_client import Counter, Gauge
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("edgedet.publish")  # a stable stage name: journald filters and docs use it
 
 STATUS_ONLINE = "online"
 STATUS_OFFLINE = "offline"
@@ -69,8 +66,6 @@ OUTBOX_WINDOW = 100
 _PAHO_INFLIGHT = OUTBOX_WINDOW + 20
 _MAX_PAYLOAD = 268_435_455  # MQTT's limit; paho raises ValueError above it
 
-_LATENCY_STAGES = ("preprocess", "inference", "postprocess", "queue_wait")
-_SCHEMA_FILE = "detections.schema.json"
 
 
 # --------------------------------------------------------------------------- protocols
@@ -123,99 +118,6 @@ class PublishMetrics(Protocol):
     def mqtt_publish_failures(self) -> Counter: ...
     @property
     def mqtt_connected(self) -> Gauge: ...
-
-
-# --------------------------------------------------------------------------- topics
-
-
-def _check_name(what: str, value: str, *, levels: bool = False) -> None:
-    """Reject names that would change the topic structure (wildcards, extra or empty levels)."""
-    if not value:
-        raise ValueError(f"{what} must not be empty")
-    forbidden = ("+", "#", "\0") if levels else ("/", "+", "#", "\0")
-    bad = [c for c in forbidden if c in value]
-    if bad:
-        raise ValueError(f"{what} {value!r} cannot be used in an MQTT topic (contains {bad[0]!r})")
-    if levels and "" in value.split("/"):
-        raise ValueError(f"{what} {value!r} has an empty level (leading, trailing or double '/')")
-
-
-@dataclass(frozen=True, slots=True)
-class Topics:
-    """Topic names for one node. ``prefix`` may have several levels (``site/edgedet``)."""
-
-    prefix: str
-    node: str
-
-    def __post_init__(self) -> None:
-        _check_name("MQTT topic prefix", self.prefix, levels=True)
-        _check_name("node id", self.node)
-
-    def node_status(self) -> str:
-        return f"{self.prefix}/{self.node}/status"
-
-    def camera_status(self, camera: str) -> str:
-        _check_name("camera name", camera)
-        return f"{self.prefix}/{self.node}/{camera}/status"
-
-    def detections(self, camera: str) -> str:
-        _check_name("camera name", camera)
-        return f"{self.prefix}/{self.node}/{camera}/detections"
-
-
-# --------------------------------------------------------------------------- payload
-
-
-def _ms(seconds: float | None) -> float | None:
-    if seconds is None:
-        return None
-    value = float(seconds) * 1000.0
-    return round(value, 2) if math.isfinite(value) else None
-
-
-def _iso_utc_ms(t_wall: float) -> str:
-    stamp = datetime.fromtimestamp(t_wall, tz=timezone.utc).isoformat(timespec="milliseconds")
-    return stamp.replace("+00:00", "Z")
-
-
-def to_payload(dets: Detections, published_wall: float, capture_to_publish_ms: float) -> bytes:
-    """The JSON message for one frame (compact, UTF-8). Pure: same input, same bytes.
-
-    ``timestamp`` / ``ts`` are the capture time (``dets.t_wall``); latencies are milliseconds
-    rounded to 0.01, ``null`` for a stage that is missing from ``dets.timings`` or not finite.
-    ``published_wall`` is accepted for API stability but not part of the message: the publish
-    time is ``ts + latency_ms.capture_to_publish / 1000``.
-    Raises ValueError for values JSON cannot carry (a NaN score, for instance).
-    """
-    del published_wall  # documented above: derivable from ts + capture_to_publish
-    items = []
-    for det in dets.items:
-        d = det.as_dict()
-        d["label"] = str(d["label"])
-        d["class_id"] = int(d["class_id"])
-        items.append(d)
-    latency: dict[str, float | None] = {"capture_to_publish": _ms(capture_to_publish_ms / 1000.0)}
-    for stage in _LATENCY_STAGES:
-        latency[stage] = _ms(dets.timings.get(stage))
-    message: dict[str, Any] = {
-        "camera": dets.camera,
-        "seq": int(dets.seq),
-        "timestamp": _iso_utc_ms(dets.t_wall),
-        "ts": round(float(dets.t_wall), 6),
-        "width": int(dets.width),
-        "height": int(dets.height),
-        "model": dets.model,
-        "detections": items,
-        "latency_ms": latency,
-    }
-    return json.dumps(message, separators=(",", ":"), allow_nan=False, ensure_ascii=False).encode()
-
-
-def load_schema() -> dict[str, Any]:
-    """The JSON Schema (draft 2020-12) of the detections message; a fresh dict per call."""
-    text = resources.files("edgedet.schemas").joinpath(_SCHEMA_FILE).read_text(encoding="utf-8")
-    schema: dict[str, Any] = json.loads(text)
-    return schema
 
 
 # --------------------------------------------------------------------------- TLS

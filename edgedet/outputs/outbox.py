@@ -41,7 +41,7 @@ from edgedet.errors import ConfigError, PublishError
 if TYPE_CHECKING:
     from prometheus_client import Counter, Gauge
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("edgedet.outbox")
 
 FILENAME = "outbox.sqlite3"
 #: ``edgedet_outbox_dropped_total{reason}`` values, created at 0.

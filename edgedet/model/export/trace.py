@@ -24,10 +24,11 @@ import numpy as np
 
 from edgedet import __version__
 from edgedet.errors import EdgedetError, InputError, ModelError
+from edgedet.model.base import METADATA_FILE
 
 log = logging.getLogger(__name__)
 
-METADATA_FILE = "config.txt"
+
 FP32_TOLERANCE = 1e-4
 # fp16 vs fp32 eager: scores are probabilities, boxes are pixels at the model's input size.
 FP16_SCORE_TOLERANCE = 0.02
@@ -51,7 +52,7 @@ class ExportReport:
     def lines(self) -> list[str]:
         backend: list[str] = []
         if self.backend_box_diff_px is not None:
-            from edgedet.backends.exporting import BOX_TOLERANCE_PX, SCORE_TOLERANCE
+            from edgedet.model.export.convert import BOX_TOLERANCE_PX, SCORE_TOLERANCE
 
             backend = [
                 f"{self.backend_runtime} vs eager (fused): boxes {self.backend_box_diff_px:.3g} px, "
@@ -157,7 +158,7 @@ def export(
     format: str = "torchscript",
 ) -> ExportReport:
     """Trace ``weights`` and write a TorchScript file atomically (``format="onnx"|"openvino"``: the
-    same fused module and metadata as ONNX / OpenVINO IR, see ``edgedet.backends.exporting``).
+    same fused module and metadata as ONNX / OpenVINO IR, see ``edgedet.model.export.convert``).
     Raises EdgedetError subclasses."""
     weights = Path(weights)
     if format not in ("torchscript", "onnx", "openvino"):
@@ -266,7 +267,7 @@ def export(
         },
     }
     if format != "torchscript":
-        from edgedet.backends.exporting import default_output, export_backend
+        from edgedet.model.export.convert import default_output, export_backend
 
         output = Path(output) if output else default_output(weights, format)
         b_box, b_score, runtime = export_backend(format, eager, inputs, metadata, output)

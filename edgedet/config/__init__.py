@@ -25,7 +25,7 @@ import os
 import re
 import socket
 import types
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Literal, Union, get_args, get_origin, get_type_hints
@@ -35,6 +35,7 @@ import yaml
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
 from edgedet.errors import ConfigError
+from edgedet.redact import MASK, mask_url, url_secrets
 
 __all__ = [
     "CameraConfig",
@@ -56,15 +57,12 @@ __all__ = [
     "default_client_id",
     "dump_config",
     "load_config",
-    "mask_url",
     "parse_config",
-    "redact",
 ]
 
 LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR"]
 CameraKind = Literal["rtsp", "http", "file", "device"]
 
-MASK = "***"
 _NAME_RE = re.compile(r"[A-Za-z0-9_-]+")
 _URL_SCHEMES: dict[str, CameraKind] = {"rtsp": "rtsp", "rtsps": "rtsp", "http": "http", "https": "http"}
 _SCHEME_RE = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*)://")
@@ -79,62 +77,9 @@ _TOPIC_SPECIALS = ("/", "+", "#")
 # --------------------------------------------------------------------------- helpers (public)
 
 
-# Query parameters whose values are secrets (``rtsp://cam/live?token=...``).
-_SECRET_QUERY_RE = re.compile(
-    r"([?&](?:pass|passwd|password|pwd|token|key|secret|auth|api_key|apikey|access_token)=)([^&#]*)", re.I
-)
-
-
-def mask_url(url: str) -> str:
-    """``rtsp://user:secret@host/x?token=t`` -> ``rtsp://user:***@host/x?token=***``; other
-    strings unchanged."""
-    parts = _split_credentials(url)
-    if parts is not None:
-        head, user, _password, tail = parts
-        url = f"{head}{user}:{MASK}@{tail}"
-    return _SECRET_QUERY_RE.sub(lambda m: m.group(1) + (MASK if m.group(2) else ""), url)
-
-
-def url_secrets(url: str) -> list[str]:
-    """The secrets inside a URL: its password and secret-looking query values."""
-    found = [m.group(2) for m in _SECRET_QUERY_RE.finditer(url) if m.group(2)]
-    parts = _split_credentials(url)
-    if parts is not None and parts[2]:
-        found.append(parts[2])
-    return found
-
-
-def redact(text: str, secrets: Iterable[str]) -> str:
-    """Replace every occurrence of each non-empty secret in ``text`` with ``***``."""
-    for secret in sorted({s for s in secrets if s}, key=len, reverse=True):
-        text = text.replace(secret, MASK)
-    return text
-
-
 def default_client_id(node_id: str) -> str:
     """An MQTT client id unique per process: ``edgedet-<node_id>-<8 hex digits>``."""
     return f"edgedet-{node_id}-{os.urandom(4).hex()}"
-
-
-def _split_credentials(url: str) -> tuple[str, str, str, str] | None:
-    """Split ``scheme://user:password@rest`` into (``scheme://``, user, password, rest)."""
-    m = _SCHEME_RE.match(url)
-    if m is None:
-        return None
-    head, rest = url[: m.end()], url[m.end() :]
-    end = min((i for i in (rest.find(c) for c in "/?#") if i >= 0), default=len(rest))
-    if "@" in rest[:end]:
-        userinfo, _, host = rest[:end].rpartition("@")
-        tail = host + rest[end:]
-    elif "@" in rest:
-        # An unencoded '/', '?' or '#' in the password: mask up to the last '@' to be safe.
-        userinfo, _, tail = rest.rpartition("@")
-    else:
-        return None
-    user, colon, password = userinfo.partition(":")
-    if not colon:
-        return None
-    return head, user, password, tail
 
 
 def _default_node_id() -> str:

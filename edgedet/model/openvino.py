@@ -22,10 +22,17 @@ from typing import Any
 import numpy as np
 import yaml
 
-from edgedet.backends import OPENVINO_DIR_SUFFIX
-from edgedet.backends._common import check_input_shape, check_output, first_line, info_from_mapping, runtime_message
-from edgedet.errors import ModelError
-from edgedet.model import ModelInfo
+from edgedet.errors import ModelError, first_line
+from edgedet.model.base import (
+    OPENVINO_DIR_SUFFIX,
+    InputLayout,
+    ModelInfo,
+    check_input_shape,
+    dry_run,
+    forward_error,
+    info_from_mapping,
+    runtime_message,
+)
 
 log = logging.getLogger(__name__)
 
@@ -105,6 +112,7 @@ class OpenVinoDetector:
     """A YOLOv8 OpenVINO IR model on the CPU; ``infer`` may be called from several threads."""
 
     backend = "openvino"
+    input_layout: InputLayout = "nchw"
 
     def __init__(
         self,
@@ -149,10 +157,7 @@ class OpenVinoDetector:
             raise ModelError(f"{xml}: OpenVINO cannot compile the model: {runtime_message(exc)}") from None
         self.np_dtype: type[np.floating[Any]] = np.float32
         self._local = threading.local()
-        out = self.infer(np.zeros(self.input_shape, dtype=self.np_dtype))  # dry run: layout check
-        self.anchors = check_output(out, self.info, self.path)
-        for _ in range(max(0, warmup)):
-            self.infer(np.zeros(self.input_shape, dtype=self.np_dtype))
+        self.anchors = dry_run(self, self.path, warmup)
         log.debug("loaded %s with %s (%s threads)", xml, self.runtime, threads or "default")
 
     def _request(self) -> Any:
@@ -166,8 +171,8 @@ class OpenVinoDetector:
         try:
             result = self._request().infer({0: x})  # copies the outputs (share_outputs=False)
         except Exception as exc:  # noqa: BLE001 - OpenVINO raises RuntimeError with multi-line text
-            raise ModelError(
-                f"{self.path}: forward failed for input {tuple(batch.shape)} "
-                f"(model expects {self.input_shape}): {runtime_message(exc)}"
-            ) from None
+            raise forward_error(self.path, batch, self.input_shape, runtime_message(exc)) from None
         return np.asarray(result[0], dtype=np.float32)
+
+    def input_buffer(self, batch: int) -> np.ndarray | None:
+        return None  # the InferRequest copies the input into its own tensor

@@ -16,16 +16,18 @@ from typing import Any
 
 import numpy as np
 
-from edgedet.backends._common import (
+from edgedet.errors import ModelError, first_line
+from edgedet.model.base import (
+    InputLayout,
+    ModelInfo,
+    check_file,
     check_input_shape,
-    check_output,
     decode_string_props,
-    first_line,
+    dry_run,
+    forward_error,
     info_from_mapping,
     zipped_torchscript_hint,
 )
-from edgedet.errors import ModelError
-from edgedet.model import ModelInfo, _check_file
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +63,7 @@ class OnnxRuntimeDetector:
     """A YOLOv8 ONNX model in ONNX Runtime, shared by worker threads (``infer`` is thread-safe)."""
 
     backend = "onnxruntime"
+    input_layout: InputLayout = "nchw"
 
     def __init__(
         self,
@@ -72,7 +75,7 @@ class OnnxRuntimeDetector:
     ) -> None:
         ort = _import_ort()
         self.path = Path(path)
-        _check_file(self.path)
+        check_file(self.path)
         if zipfile.is_zipfile(self.path):
             raise ModelError(f"{self.path}: not an ONNX model{zipped_torchscript_hint(self.path)}")
         self.device = device
@@ -107,10 +110,7 @@ class OnnxRuntimeDetector:
             raise ModelError(
                 f"{self.path}: model.half is set but this ONNX model is fp32 (half applies to TorchScript)"
             )
-        out = self.infer(np.zeros(self.input_shape, dtype=self.np_dtype))  # dry run: layout check
-        self.anchors = check_output(out, self.info, self.path)
-        for _ in range(max(0, warmup)):
-            self.infer(np.zeros(self.input_shape, dtype=self.np_dtype))
+        self.anchors = dry_run(self, self.path, warmup)
         log.debug("loaded %s with %s (%s threads)", self.path, self.runtime, threads or "default")
 
     def infer(self, batch: np.ndarray) -> np.ndarray:
@@ -118,11 +118,11 @@ class OnnxRuntimeDetector:
         try:
             out = self._session.run(None, {self._input_name: x})[0]
         except Exception as exc:  # noqa: BLE001 - ORT raises its own exception types with long text
-            raise ModelError(
-                f"{self.path}: forward failed for input {tuple(batch.shape)} "
-                f"(model expects {self.input_shape}): {first_line(exc)}"
-            ) from None
+            raise forward_error(self.path, batch, self.input_shape, first_line(exc)) from None
         return np.asarray(out, dtype=np.float32)
+
+    def input_buffer(self, batch: int) -> np.ndarray | None:
+        return None  # ONNX Runtime copies the input into its own memory
 
 
 def read_session_metadata(session: Any, path: Path) -> ModelInfo:
@@ -139,7 +139,7 @@ def read_metadata(path: str | os.PathLike[str]) -> ModelInfo:
     """An ONNX file's metadata (loads the model in onnxruntime, single-threaded)."""
     ort = _import_ort()
     p = Path(path)
-    _check_file(p)
+    check_file(p)
     options = ort.SessionOptions()
     options.log_severity_level = 3
     options.intra_op_num_threads = 1

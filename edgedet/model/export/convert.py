@@ -1,6 +1,6 @@
 """``edgedet export --format onnx|openvino``: write the traced model's fused module as ONNX or
 OpenVINO IR with the same metadata, then check it against the eager model before it replaces
-anything. Called from ``edgedet.export`` (which imports torch and Ultralytics); this module imports
+anything. Called from ``edgedet.model.export.trace`` (which imports torch and Ultralytics); this module imports
 torch, onnx and openvino lazily inside its functions.
 
 Layouts follow Ultralytics' own exports so files load in both tools:
@@ -26,8 +26,8 @@ from typing import Any
 import numpy as np
 import yaml
 
-from edgedet.backends import OPENVINO_DIR_SUFFIX
 from edgedet.errors import EdgedetError, ModelError
+from edgedet.model.base import OPENVINO_DIR_SUFFIX
 
 ONNX_OPSET = 17
 # Exported runtime vs the fused eager torch model, fp32 on CPU. Observed on the demo model: ONNX
@@ -109,7 +109,7 @@ def _write_onnx(module: Any, example: Any, metadata: dict[str, Any], path: Path)
 
 
 def _write_openvino(module: Any, example: Any, metadata: dict[str, Any], directory: Path, name: str) -> None:
-    from edgedet.backends.openvino import import_openvino
+    from edgedet.model.openvino import import_openvino
 
     try:
         ov = import_openvino()
@@ -133,7 +133,7 @@ def _write_openvino(module: Any, example: Any, metadata: dict[str, Any], directo
 
 def _load(fmt: str, path: Path) -> Any:
     if fmt == "onnx":
-        from edgedet.backends.onnxruntime import OnnxRuntimeDetector
+        from edgedet.model.onnxruntime import OnnxRuntimeDetector
 
         try:
             return OnnxRuntimeDetector(path, warmup=0)
@@ -143,7 +143,7 @@ def _load(fmt: str, path: Path) -> Any:
                     "edgedet export --format onnx checks the file with onnxruntime: pip install 'edgedet[onnx]'"
                 ) from None
             raise
-    from edgedet.backends.openvino import OpenVinoDetector
+    from edgedet.model.openvino import OpenVinoDetector
 
     return OpenVinoDetector(path, warmup=0)
 

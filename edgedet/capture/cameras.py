@@ -9,19 +9,20 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from edgedet.capture import CaptureWorker, OpenCvSource
-from edgedet.config import CameraConfig, mask_url
+from edgedet.capture.worker import CaptureWorker, OpenCvSource
+from edgedet.config import CameraConfig
 from edgedet.framequeue import CameraQueue, FrameHub
 from edgedet.metrics import Metrics
+from edgedet.redact import mask_url
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("edgedet.capture")
 
 OPEN_TIMEOUT_S = 10.0
 MAX_READ_TIMEOUT_S = 10.0
 
 
 def source_factory(cam: CameraConfig) -> Callable[[], OpenCvSource]:
-    display = mask_url(cam.url) if isinstance(cam.url, str) else str(cam.url)
+    display = mask_url(cam.url)
     return lambda: OpenCvSource(
         cam.url,
         cam.kind,

@@ -13,7 +13,6 @@ import logging
 import math
 import os
 import random
-import re
 import threading
 import time
 from collections.abc import Callable
@@ -25,13 +24,13 @@ import cv2
 import numpy as np
 from prometheus_client import Counter, Gauge
 
-from edgedet.config import mask_url as config_mask_url
 from edgedet.errors import CaptureError
 from edgedet.framequeue import CameraQueue
 from edgedet.metrics import Metrics
+from edgedet.redact import mask_url
 from edgedet.types import Frame
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("edgedet.capture")  # a stable stage name: journald filters and docs use it
 
 SourceKind = Literal["rtsp", "http", "file", "device"]
 
@@ -40,7 +39,6 @@ SourceKind = Literal["rtsp", "http", "file", "device"]
 _FFMPEG_ENV = "OPENCV_FFMPEG_CAPTURE_OPTIONS"
 _ffmpeg_env_lock = threading.Lock()
 
-_SECRET_QUERY_KEYS = re.compile(r"(?i)^(pass|passwd|password|pwd|token|key|secret|auth|api_key|apikey)$")
 _MAX_SANE_FPS = 1000.0  # some RTSP servers report the 90 kHz clock as fps
 _DEFAULT_FILE_FPS = 25.0
 _DUE_EPSILON_S = 1e-3  # float slack when comparing a frame time with the fps_limit due time
@@ -58,11 +56,6 @@ FROZEN_MAX_DIFF = 3
 # those and logs state changes instead. An operator's own setting of these variables wins.
 _FFMPEG_LOGLEVEL_ENV = "OPENCV_FFMPEG_LOGLEVEL"  # read once, when OpenCV's FFmpeg backend starts
 _AV_LOG_FATAL = 8
-
-
-def mask_url(url: str | int) -> str:
-    """``url`` with the password and secret-looking query values replaced by ``***``."""
-    return config_mask_url(str(url))
 
 
 class FrameSource(Protocol):

@@ -1,0 +1,232 @@
+"""What every detector backend shares: the ``Detector`` protocol, ``ModelInfo`` and the
+Ultralytics-compatible metadata rules, and the load-time checks (file, input shape, output layout).
+
+Imports neither torch nor any runtime: a backend module imports this one and its own runtime only.
+"""
+
+from __future__ import annotations
+
+import ast
+import dataclasses
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Protocol
+
+import numpy as np
+
+from edgedet.errors import ModelError
+
+METADATA_FILE = "config.txt"
+OPENVINO_DIR_SUFFIX = "_openvino_model"
+InputLayout = Literal["nchw", "nhwc"]
+
+@dataclass(frozen=True, slots=True)
+class ModelInfo:
+    """What a model file says about itself (Ultralytics-compatible metadata)."""
+
+    name: str
+    names: tuple[str, ...]
+    imgsz: tuple[int, int]  # (h, w) of the fixed input
+    stride: int
+    task: str
+    batch: int
+    half: bool
+    exported_torch: str | None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.names)
+
+
+class Detector(Protocol):
+    """Everything a caller needs from a loaded model; every backend implements all of it.
+
+    ``infer`` takes a preprocessed batch laid out as ``input_layout`` says (``nhwc``: the
+    channels-last memory of an NCHW array, used without a copy) in ``np_dtype``, and returns the
+    raw head output as float32 numpy ``(batch, 4 + nc, anchors)``. ``infer`` may be called from
+    several threads at once.
+    """
+
+    info: ModelInfo
+    device: str
+    backend: str  # torchscript | onnxruntime | openvino
+    runtime: str  # the runtime and its version, e.g. "torch 2.14.1"
+    input_shape: tuple[int, int, int, int]  # (1, 3, h, w): the fixed input the model was exported for
+    np_dtype: type[np.floating[Any]]  # dtype of the preprocessed batch (float32, or float16)
+    input_layout: InputLayout
+    anchors: int
+
+    def input_buffer(self, batch: int) -> np.ndarray | None:
+        """A preprocessing buffer for ``batch`` frames in memory the runtime uploads fastest from
+        (pinned host memory on CUDA), or None: the preprocessor then allocates its own."""
+
+    def infer(self, batch: np.ndarray) -> np.ndarray:
+        """Raw head output for a preprocessed (N, 3, H, W) batch."""
+
+
+def parse_metadata(raw: str | bytes, path: Path) -> ModelInfo:
+    """Ultralytics ``config.txt`` JSON -> ModelInfo; errors name the file."""
+    try:
+        meta = json.loads(raw)
+    except (ValueError, UnicodeDecodeError):
+        raise ModelError(
+            f"{path}: metadata {METADATA_FILE} is not valid JSON; re-export with `edgedet export`"
+        ) from None
+    if not isinstance(meta, dict):
+        raise ModelError(f"{path}: metadata {METADATA_FILE} is not a JSON object")
+
+    def field_(key: str) -> Any:
+        value = meta.get(key)
+        if isinstance(value, str) and key in {"imgsz", "names"}:
+            try:
+                value = ast.literal_eval(value)
+            except (ValueError, SyntaxError):
+                pass
+        return value
+
+    names_raw = field_("names")
+    if isinstance(names_raw, dict):
+        try:
+            pairs = sorted((int(k), str(v)) for k, v in names_raw.items())
+        except ValueError:
+            raise ModelError(f"{path}: metadata 'names' keys must be class indices") from None
+        if [k for k, _ in pairs] != list(range(len(pairs))):
+            raise ModelError(f"{path}: metadata 'names' must number classes 0..{len(pairs) - 1}")
+        names = tuple(v for _, v in pairs)
+    elif isinstance(names_raw, list) and all(isinstance(v, str) for v in names_raw):
+        names = tuple(names_raw)
+    else:
+        raise ModelError(f"{path}: metadata has no class 'names'; re-export with `edgedet export`")
+    if not names:
+        raise ModelError(f"{path}: metadata 'names' is empty")
+
+    imgsz = field_("imgsz")
+    if isinstance(imgsz, int):
+        imgsz = [imgsz, imgsz]
+    if not (isinstance(imgsz, (list, tuple)) and len(imgsz) == 2 and all(isinstance(v, int) and v > 0 for v in imgsz)):
+        raise ModelError(f"{path}: metadata 'imgsz' must be [h, w] (got {imgsz!r})")
+    task = str(meta.get("task", "detect"))
+    if task != "detect":
+        raise ModelError(f"{path}: task is {task!r}; edgedet runs detection models only")
+    if meta.get("end2end") or (isinstance(meta.get("args"), dict) and meta["args"].get("nms")):
+        raise ModelError(f"{path}: exported with NMS inside the model; export without nms (edgedet does NMS itself)")
+    ours: dict[str, Any] = meta["edgedet"] if isinstance(meta.get("edgedet"), dict) else {}
+    args: dict[str, Any] = meta["args"] if isinstance(meta.get("args"), dict) else {}
+    return ModelInfo(
+        name=path.stem,
+        names=names,
+        imgsz=(int(imgsz[0]), int(imgsz[1])),
+        stride=int(meta.get("stride", 32)),
+        task=task,
+        batch=int(meta.get("batch", 1)),
+        half=bool(ours.get("half", args.get("half", False))),
+        exported_torch=ours.get("torch"),
+        extra=meta,
+    )
+
+
+def check_file(path: Path) -> None:
+    if not path.exists():
+        raise ModelError(f"{path}: model file not found")
+    if not path.is_file():
+        raise ModelError(f"{path}: not a regular file")
+    try:
+        with path.open("rb") as fh:
+            fh.read(1)
+    except OSError as exc:
+        raise ModelError(f"{path}: cannot read model file: {exc.strerror or exc}") from None
+
+
+# Keys that Ultralytics writes as str(python value) into ONNX metadata_props (it eval()s them back).
+_LITERAL_KEYS = frozenset({"names", "imgsz", "args", "kpt_shape", "end2end"})
+_INT_KEYS = frozenset({"stride", "batch", "channels"})
+
+
+def runtime_message(exc: BaseException) -> str:
+    """The informative line of an OpenVINO/ONNX Runtime error (skips "Exception from file:line:")."""
+    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+    useful = [ln for ln in lines if not ln.startswith(("Exception from ", "Check '"))]
+    return (useful or lines or [type(exc).__name__])[0]
+
+
+def decode_string_props(props: Mapping[str, str]) -> dict[str, Any]:
+    """ONNX ``metadata_props`` (all strings, Ultralytics layout) -> plain values.
+
+    Ultralytics stores ``str(value)`` (Python literals: ``{0: 'person'}``, ``[640, 640]``, ``True``);
+    edgedet's own ``edgedet`` key is JSON. Undecodable values stay strings and are judged by
+    :func:`edgedet.model.parse_metadata`.
+    """
+    meta: dict[str, Any] = {}
+    for key, value in props.items():
+        decoded: Any = value
+        if key == "edgedet":
+            try:
+                decoded = json.loads(value)
+            except ValueError:
+                decoded = {}
+        elif key in _LITERAL_KEYS:
+            try:
+                decoded = ast.literal_eval(value)
+            except (ValueError, SyntaxError):
+                pass
+        elif key in _INT_KEYS:
+            try:
+                decoded = int(value)
+            except ValueError:
+                pass
+        meta[key] = decoded
+    return meta
+
+
+def info_from_mapping(meta: Mapping[str, Any], path: Path, name: str) -> ModelInfo:
+    """Validate decoded metadata with the TorchScript rules (same messages) and name the model."""
+    raw = json.dumps(dict(meta), default=str)
+    return dataclasses.replace(parse_metadata(raw, path), name=name)
+
+
+def check_output(out: np.ndarray, info: ModelInfo, path: Path) -> int:
+    """The dry run's output must be (1, 4 + nc, anchors); returns the anchor count."""
+    expected = 4 + info.num_classes
+    if out.ndim == 3 and out.shape[0] == 1 and out.shape[1] == expected:
+        return int(out.shape[2])
+    if out.ndim == 3 and out.shape[1] != expected:
+        raise ModelError(
+            f"{path}: model outputs {out.shape[1] - 4} classes but its metadata names "
+            f"{info.num_classes} ({', '.join(info.names[:5])}...)"
+        )
+    raise ModelError(f"{path}: unexpected output shape {tuple(out.shape)} (want 1 x {expected} x N)")
+
+
+def check_input_shape(shape: tuple[Any, ...], info: ModelInfo, path: Path) -> tuple[int, int, int, int]:
+    """The model's declared input shape against the metadata's imgsz; symbolic dims take imgsz."""
+    want = (1, 3, *info.imgsz)
+    if len(shape) != 4:
+        raise ModelError(f"{path}: model input has {len(shape)} dimensions (want 1 x 3 x H x W)")
+    got = tuple(s if isinstance(s, int) and s > 0 else w for s, w in zip(shape, want, strict=True))
+    if got != want:
+        raise ModelError(
+            f"{path}: model input is {'x'.join(map(str, got))} but its metadata says imgsz "
+            f"{info.imgsz[0]}x{info.imgsz[1]} (want {'x'.join(map(str, want))})"
+        )
+    return want
+
+
+def zipped_torchscript_hint(path: Path) -> str:
+    return f" (it looks like a TorchScript file: use model.backend torchscript or name it {path.stem}.torchscript)"
+
+
+def dry_run(detector: Detector, path: Path, warmup: int) -> int:
+    """One forward on zeros to check the output layout, then ``warmup`` more; returns the anchor count."""
+    zeros = np.zeros(detector.input_shape, dtype=detector.np_dtype)
+    anchors = check_output(detector.infer(zeros), detector.info, path)
+    for _ in range(max(0, warmup)):
+        detector.infer(zeros)
+    return anchors
+
+
+def forward_error(path: Path, batch: np.ndarray, expected: tuple[int, ...], reason: str) -> ModelError:
+    """The one-line error for a failed forward (a wrong input shape, a runtime fault)."""
+    return ModelError(f"{path}: forward failed for input {tuple(batch.shape)} (model expects {expected}): {reason}")
