@@ -1,7 +1,7 @@
-"""Command line: ``edgedet export|detect|run|check-config``.
+"""Command line: ``edgedet export|detect|run|check-config|bench``.
 
-Exit codes: 0 ok, 1 runtime failure, 2 bad config or bad input. An ``EdgedetError`` becomes one
-line on stderr, never a traceback.
+Exit codes: 0 ok, 1 runtime failure, 2 bad config or bad input. An ``EdgedetError`` becomes
+``error: <line>`` on stderr (``edgedet.errors.report``), never a traceback.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from edgedet import __version__
-from edgedet.errors import EdgedetError, InputError
+from edgedet.errors import EdgedetError, InputError, report
 from edgedet.logs import setup_logging
 
 log = logging.getLogger("edgedet")
@@ -65,7 +65,7 @@ def _cmd_detect(args: argparse.Namespace) -> int:
     detector = load_detector(args.model, device=args.device, backend=args.backend)
     info = detector.info
     classes = _parse_classes(args.classes, info.names)
-    pre = Preprocessor(*info.imgsz, dtype=detector.np_dtype, layout=getattr(detector, "input_layout", "nchw"))
+    pre = Preprocessor(*info.imgsz, dtype=detector.np_dtype, layout=detector.input_layout)
     save_dir = Path(args.save_annotated) if args.save_annotated else None
     if save_dir:
         save_dir.mkdir(parents=True, exist_ok=True)
@@ -188,8 +188,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return int(args.func(args))
     except EdgedetError as exc:
-        for line in str(exc).splitlines() or [type(exc).__name__]:
-            print(f"error: {line}", file=sys.stderr)
-        return exc.exit_code
+        return report(exc)
     except KeyboardInterrupt:
         return 130

@@ -1,10 +1,13 @@
 """Error hierarchy. Library errors are converted to these at module boundaries.
 
-The CLI turns an ``EdgedetError`` into one line on stderr and an exit code:
-``ConfigError`` / ``ModelError`` / ``InputError`` exit 2, anything else 1.
+The CLI turns an ``EdgedetError`` into ``error: <line>`` lines on stderr and an exit code
+(:func:`report`): ``ConfigError`` / ``ModelError`` / ``InputError`` exit 2, anything else 1.
 """
 
 from __future__ import annotations
+
+import sys
+from typing import TextIO
 
 
 class EdgedetError(Exception):
@@ -47,3 +50,17 @@ def first_line(exc: BaseException) -> str:
     """The first non-empty line of an exception's text, or its type name: for one-line errors."""
     text = str(exc).strip()
     return text.splitlines()[0].strip() if text else type(exc).__name__
+
+
+def one_line(exc: BaseException) -> str:
+    """An exception's whole text on one line (whitespace collapsed), or its type name."""
+    return " ".join(str(exc).split()) or type(exc).__name__
+
+
+def report(exc: EdgedetError, stream: TextIO | None = None) -> int:
+    """Print ``exc`` as ``error: <line>`` (one per line of its message; stderr by default) and
+    return its exit code: the one place a command turns an ``EdgedetError`` into its exit."""
+    out = sys.stderr if stream is None else stream
+    for line in str(exc).splitlines() or [type(exc).__name__]:
+        print(f"error: {line}", file=out)
+    return exc.exit_code

@@ -41,9 +41,8 @@ class CameraQueue:
         self._closed = False
         self._last_put_ns: int | None = None
         self.period_ns: float | None = None  # smoothed interval between delivered frames
-        m = hub._metrics
-        self._drop_counter = m.frames_dropped.labels(camera=name, reason="queue_full") if m else None
-        self._depth_gauge = m.queue_depth.labels(camera=name) if m else None
+        self._drop_counter = hub._metrics.frames_dropped.labels(camera=name, reason="queue_full")
+        self._depth_gauge = hub._metrics.queue_depth.labels(camera=name)
 
     def put(self, frame: Frame) -> bool:
         """Queue ``frame``; return False when it was not queued (queue closed, hub stopped).
@@ -63,8 +62,7 @@ class CameraQueue:
                     break
                 if not self.backpressure:
                     self._frames.popleft()
-                    if self._drop_counter is not None:
-                        self._drop_counter.inc()
+                    self._drop_counter.inc()
                     break
                 hub._cond.wait(_WAIT_SLICE_S)
             self._frames.append(frame)
@@ -109,14 +107,13 @@ class CameraQueue:
             return len(self._frames)
 
     def _update_depth(self) -> None:  # caller holds the hub lock
-        if self._depth_gauge is not None:
-            self._depth_gauge.set(len(self._frames))
+        self._depth_gauge.set(len(self._frames))
 
 
 class FrameHub:
     """The set of camera queues that inference workers read from."""
 
-    def __init__(self, stop: threading.Event, metrics: Metrics | None = None) -> None:
+    def __init__(self, stop: threading.Event, metrics: Metrics) -> None:
         self._stop = stop
         self._metrics = metrics
         self._cond = threading.Condition()
@@ -131,8 +128,7 @@ class FrameHub:
         with self._cond:
             if name in self._by_name:
                 raise ValueError(f"camera {name!r} already has a queue")
-            if self._metrics is not None:
-                self._metrics.init_camera(name)
+            self._metrics.init_camera(name)
             queue = CameraQueue(self, name, maxsize, backpressure)
             self._queues.append(queue)
             self._by_name[name] = queue
@@ -199,8 +195,7 @@ class FrameHub:
             self._cond.wait(min(remaining, _WAIT_SLICE_S))
         newer = queue._frames.popleft()
         queue._update_depth()
-        if queue._drop_counter is not None:
-            queue._drop_counter.inc()  # the stale frame was superseded, as by a newer put
+        queue._drop_counter.inc()  # the stale frame was superseded, as by a newer put
         return newer
 
     def _take_round_robin(self) -> Frame | None:  # caller holds the lock

@@ -48,7 +48,8 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from edgedet import __version__
-from edgedet.config import Config
+from edgedet.config import HomeAssistantConfig
+from edgedet.outputs.topics import Topics
 
 __all__ = [
     "CameraStats",
@@ -86,7 +87,7 @@ _TOPIC_SPECIALS = ("/", "+", "#", "\0")
 
 
 class RetainedPublisher(Protocol):
-    """What this module needs from ``publish.MqttPublisher``."""
+    """What this module needs from ``edgedet.outputs.client.MqttPublisher``."""
 
     def set_retained(self, topic: str, payload: bytes | str | None) -> None: ...
 
@@ -143,8 +144,7 @@ class DiscoveryConfig:
 
 def discovery_configs(
     *,
-    node: str,
-    topic_prefix: str,
+    topics: Topics,
     cameras: Sequence[str],
     labels: Sequence[str],
     discovery_prefix: str = "homeassistant",
@@ -154,7 +154,7 @@ def discovery_configs(
     """Every discovery config for ``cameras`` (pure). ``events`` False leaves out the label
     binary_sensors (nothing would publish their state). Labels that cannot be an MQTT topic
     level, and entities whose topic or unique id another one already took, are skipped."""
-    base = f"{topic_prefix}/{node}"
+    node = topics.node
     device = {
         "identifiers": [f"edgedet_{node}"],
         "name": f"edgedet {node}",
@@ -164,7 +164,7 @@ def discovery_configs(
     }
     origin = {"name": "edgedet", "sw_version": version}
     availability = [{
-        "topic": f"{base}/status",
+        "topic": topics.node_status(),
         "payload_available": "online",
         "payload_not_available": "offline",
         "value_template": _AVAILABILITY_TEMPLATE,
@@ -177,8 +177,8 @@ def discovery_configs(
     out: list[DiscoveryConfig] = []
     seen: set[str] = set()
 
-    def add(component: str, node_id: str, object_id: str, unique_id: str, name: str, **options: Any) -> None:
-        topic = f"{discovery_prefix}/{component}/{node_id}/{object_id}/config"
+    def add(component: str, entity: str, object_id: str, unique_id: str, name: str, **options: Any) -> None:
+        topic = topics.discovery(discovery_prefix, component, entity, object_id)
         if topic in seen or unique_id in seen:
             log.warning("Home Assistant discovery: %s clashes with another entity (camera and label names); "
                         "skipped", topic)
@@ -198,24 +198,22 @@ def discovery_configs(
         out.append(DiscoveryConfig(component, topic, config))
 
     for camera in cameras:
-        state = f"{base}/{camera}"
-        node_id = f"{node}_{camera}"
         uid = f"edgedet_{node}_{camera}"
-        add("binary_sensor", node_id, "status", f"{uid}_status", f"{camera} connection",
-            state_topic=f"{state}/status", payload_on="online", payload_off="offline",
+        add("binary_sensor", camera, "status", f"{uid}_status", f"{camera} connection",
+            state_topic=topics.camera_status(camera), payload_on="online", payload_off="offline",
             device_class="connectivity", entity_category="diagnostic")
-        add("sensor", node_id, "fps", f"{uid}_fps", f"{camera} fps",
-            state_topic=f"{state}/stats", value_template="{{ value_json.fps }}", unit_of_measurement="fps",
+        add("sensor", camera, "fps", f"{uid}_fps", f"{camera} fps",
+            state_topic=topics.stats(camera), value_template="{{ value_json.fps }}", unit_of_measurement="fps",
             state_class="measurement", suggested_display_precision=1, entity_category="diagnostic")
         for q in ("p50", "p95"):
-            add("sensor", node_id, f"latency_{q}", f"{uid}_latency_{q}", f"{camera} latency {q}",
-                state_topic=f"{state}/stats", value_template=f"{{{{ value_json.latency_ms_{q} }}}}",
+            add("sensor", camera, f"latency_{q}", f"{uid}_latency_{q}", f"{camera} latency {q}",
+                state_topic=topics.stats(camera), value_template=f"{{{{ value_json.latency_ms_{q} }}}}",
                 unit_of_measurement="ms", device_class="duration", state_class="measurement",
                 suggested_display_precision=0, entity_category="diagnostic")
         if events:
             for label in usable:
-                add("binary_sensor", f"{node_id}_{ids[label]}", "active", f"{uid}_{ids[label]}_active",
-                    f"{camera} {label}", state_topic=f"{state}/{label}/active", payload_on="ON",
+                add("binary_sensor", f"{camera}_{ids[label]}", "active", f"{uid}_{ids[label]}_active",
+                    f"{camera} {label}", state_topic=topics.active(camera, label), payload_on="ON",
                     payload_off="OFF", device_class=label_device_class(label))
     return out
 
@@ -246,26 +244,23 @@ class _Window:
 
 
 class CameraStats:
-    """Per-camera fps and end-to-end latency, published retained to ``<base>/<camera>/stats``.
+    """Per-camera fps and end-to-end latency, published retained to ``Topics.stats(camera)``.
 
     ``observe()`` from any thread (the app's sink); ``tick()`` from the main loop publishes every
     ``interval_s``; ``set_cameras()`` when the cameras change (a removed camera's topic is cleared).
     """
 
-    def __init__(self, publisher: RetainedPublisher, base_topic: str, interval_s: float = STATS_INTERVAL_S,
+    def __init__(self, publisher: RetainedPublisher, topics: Topics, interval_s: float = STATS_INTERVAL_S,
                  clock: Callable[[], float] = time.monotonic) -> None:
         if interval_s <= 0:
             raise ValueError(f"CameraStats.interval_s must be > 0 (got {interval_s})")
         self.publisher = publisher
-        self.base = base_topic
+        self.topics = topics
         self.interval_s = interval_s
         self._clock = clock
         self._lock = threading.Lock()
         self._windows: dict[str, _Window] = {}
         self._due = clock() + interval_s
-
-    def topic(self, camera: str) -> str:
-        return f"{self.base}/{camera}/stats"
 
     @property
     def cameras(self) -> list[str]:
@@ -282,7 +277,7 @@ class CameraStats:
             for camera in wanted:
                 self._windows.setdefault(camera, _Window(now))
         for camera in gone:
-            self.publisher.set_retained(self.topic(camera), None)
+            self.publisher.set_retained(self.topics.stats(camera), None)
 
     def observe(self, camera: str, latency_s: float) -> None:
         """One finished frame of ``camera`` (ignored for a camera not in the set)."""
@@ -305,7 +300,7 @@ class CameraStats:
             self._windows = {c: _Window(now) for c in done}
         for camera, window in done.items():
             payload = stats_payload(window.frames, now - window.start, window.latencies)
-            self.publisher.set_retained(self.topic(camera), json.dumps(payload, separators=(",", ":")))
+            self.publisher.set_retained(self.topics.stats(camera), json.dumps(payload, separators=(",", ":")))
         return True
 
 
@@ -315,19 +310,17 @@ class CameraStats:
 class HomeAssistant:
     """Discovery configs and camera stats of one node, kept in line with the running config.
 
-    ``configure(cfg, cameras, names)`` at start and after every config reload (main thread);
+    ``configure(section, cameras, names, ...)`` at start and after every config reload (main thread);
     ``observe(camera, latency_s)`` from the inference workers; ``tick()`` from the main loop.
     With discovery off it publishes nothing and ``observe`` is a dictionary lookup.
     """
 
-    def __init__(self, publisher: RetainedPublisher, node: str, topic_prefix: str, *,
-                 interval_s: float = STATS_INTERVAL_S, clock: Callable[[], float] = time.monotonic,
-                 version: str = __version__) -> None:
+    def __init__(self, publisher: RetainedPublisher, topics: Topics, *, interval_s: float = STATS_INTERVAL_S,
+                 clock: Callable[[], float] = time.monotonic, version: str = __version__) -> None:
         self.publisher = publisher
-        self.node = node
-        self.topic_prefix = topic_prefix
+        self._topics = topics
         self.version = version
-        self.stats = CameraStats(publisher, f"{topic_prefix}/{node}", interval_s, clock)
+        self.stats = CameraStats(publisher, topics, interval_s, clock)
         self._published: dict[str, bytes] = {}
         self._known: set[str] = set()
         self._names: tuple[str, ...] = ()
@@ -337,19 +330,19 @@ class HomeAssistant:
         """The discovery topics currently announced."""
         return list(self._published)
 
-    def configure(self, cfg: Config, cameras: Sequence[str], names: Sequence[str] | None = None) -> None:
-        """Announce (or withdraw) entities for ``cameras`` under ``cfg.homeassistant``; ``names``:
-        the model's labels (None keeps the previous ones). ``node_id`` and ``mqtt.topic_prefix``
-        come from the constructor (they need a restart)."""
+    def configure(self, ha: HomeAssistantConfig, cameras: Sequence[str], names: Sequence[str] | None = None, *,
+                  classes: Sequence[str | int] | None, events_enabled: bool) -> None:
+        """Announce (or withdraw) entities for ``cameras`` under the ``homeassistant`` section ``ha``;
+        ``names``: the model's labels (None keeps the previous ones), limited to ``classes``
+        (``model.classes``); ``events_enabled`` (``events.enabled``): announce the label entities.
+        The node id and topic prefix come from the constructor's ``topics`` (they need a restart)."""
         if names is not None:
             self._names = tuple(names)
-        ha = cfg.homeassistant
-        labels = discovery_labels(self._names, cfg.model.classes)
+        labels = discovery_labels(self._names, classes)
         desired: dict[str, bytes] = {}
         if ha.discovery:
-            configs = discovery_configs(node=self.node, topic_prefix=self.topic_prefix, cameras=cameras,
-                                        labels=labels, discovery_prefix=ha.prefix, events=cfg.events.enabled,
-                                        version=self.version)
+            configs = discovery_configs(topics=self._topics, cameras=cameras, labels=labels,
+                                        discovery_prefix=ha.prefix, events=events_enabled, version=self.version)
             desired = {c.topic: c.payload() for c in configs}
         removed = [t for t in self._published if t not in desired]
         changed = {t: p for t, p in desired.items() if self._published.get(t) != p}
@@ -360,11 +353,11 @@ class HomeAssistant:
         # A camera new to this process has no active event: publish OFF so HA shows "off" (not
         # "unknown", nor an "ON" left behind by a crashed run). Existing cameras are left alone.
         new = [c for c in cameras if c not in self._known]
-        if ha.discovery and cfg.events.enabled:
+        if ha.discovery and events_enabled:
             for camera in new:
                 for label in labels:
                     if label and not any(ch in label for ch in _TOPIC_SPECIALS):
-                        self.publisher.set_retained(f"{self.topic_prefix}/{self.node}/{camera}/{label}/active", "OFF")
+                        self.publisher.set_retained(self._topics.active(camera, label), "OFF")
         self._known = set(cameras)
         self._published = desired
         self.stats.set_cameras(cameras if ha.discovery else [])

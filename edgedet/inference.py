@@ -71,7 +71,7 @@ class InferenceWorker(threading.Thread):
         detector: Detector,
         stop: threading.Event,
         sink: Sink,
-        metrics: Metrics | None = None,
+        metrics: Metrics,
         options: DecodeOptions | None = None,
         poll_s: float = 0.2,
         on_crash: Callable[[BaseException], None] | None = None,
@@ -95,11 +95,8 @@ class InferenceWorker(threading.Thread):
         self.error: BaseException | None = None
         self.processed = 0
         h, w = detector.info.imgsz
-        dtype = getattr(detector, "np_dtype", None) or _float32()
-        alloc = getattr(detector, "input_buffer", None)  # pinned host memory on CUDA
-        buffer = alloc(batch_size) if alloc is not None else None
-        layout = getattr(detector, "input_layout", "nchw")  # nhwc: channels_last TorchScript on a CPU
-        self._pre = Preprocessor(h, w, dtype=dtype, batch=batch_size, buffer=buffer, layout=layout)
+        self._pre = Preprocessor(h, w, dtype=detector.np_dtype, batch=batch_size,
+                                 buffer=detector.input_buffer(batch_size), layout=detector.input_layout)
 
     def run(self) -> None:
         try:
@@ -140,8 +137,7 @@ class InferenceWorker(threading.Thread):
         """Preprocess each (frame, dequeue time) into its batch slot, one forward, decode each."""
         m = self.metrics
         n = len(frames)
-        if m:
-            m.workers_busy.inc()
+        m.workers_busy.inc()
         try:
             geos, t_pre = [], []
             for slot, (frame, _) in enumerate(frames):
@@ -157,8 +153,7 @@ class InferenceWorker(threading.Thread):
                                     classes=o.classes, max_det=o.max_det))
                 t_post.append(time.monotonic_ns())
         finally:
-            if m:
-                m.workers_busy.dec()
+            m.workers_busy.dec()
         results = []
         prev_post = t_inf
         for i, (frame, t_deq) in enumerate(frames):
@@ -181,15 +176,14 @@ class InferenceWorker(threading.Thread):
                 items=items[i],
                 timings=timings,
             )
-            if m:
-                cam = frame.camera
-                m.queue_wait.labels(camera=cam).observe(timings["queue_wait"])
-                m.preprocess.labels(camera=cam).observe(timings["preprocess"])
-                m.inference.labels(camera=cam).observe(timings["inference"])
-                m.postprocess.labels(camera=cam).observe(timings["postprocess"])
-                m.frames_processed.labels(camera=cam).inc()
-                for det in items[i]:
-                    m.detections.labels(camera=cam, label=det.label).inc()
+            cam = frame.camera
+            m.queue_wait.labels(camera=cam).observe(timings["queue_wait"])
+            m.preprocess.labels(camera=cam).observe(timings["preprocess"])
+            m.inference.labels(camera=cam).observe(timings["inference"])
+            m.postprocess.labels(camera=cam).observe(timings["postprocess"])
+            m.frames_processed.labels(camera=cam).inc()
+            for det in items[i]:
+                m.detections.labels(camera=cam, label=det.label).inc()
             self.sink(dets, frame)
             self.processed += 1
             results.append(dets)
@@ -200,7 +194,7 @@ class WorkerPool:
     """The inference threads; restartable with another detector (config reload) without touching
     capture or MQTT. A crashed worker calls ``on_crash``, which stops the daemon."""
 
-    def __init__(self, hub: FrameHub, sink: Sink, metrics: Metrics | None,
+    def __init__(self, hub: FrameHub, sink: Sink, metrics: Metrics,
                  on_crash: Callable[[BaseException], None]) -> None:
         self.hub = hub
         self.sink = sink
@@ -245,8 +239,3 @@ class WorkerPool:
     def errors(self) -> list[BaseException]:
         return [w.error for w in self.workers if w.error is not None]
 
-
-def _float32() -> type:
-    import numpy as np
-
-    return np.float32

@@ -18,7 +18,6 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 
 from edgedet.errors import ConfigError
-from edgedet.outputs.outbox import DROP_REASONS as OUTBOX_DROP_REASONS
 
 log = logging.getLogger(__name__)
 
@@ -31,6 +30,8 @@ FAST_BUCKETS = (0.0005, 0.001, 0.0025) + LATENCY_BUCKETS
 DROP_REASONS = ("queue_full", "fps_limit")
 #: ``capture_errors{kind}`` values created at 0 for every camera (see capture.py).
 CAPTURE_ERROR_KINDS = ("open", "read", "stall", "decode", "internal")
+#: ``outbox_dropped{reason}`` values created at 0 (see outputs/outbox.py).
+OUTBOX_DROP_REASONS = ("size", "age")
 
 HealthCheck = Callable[[], tuple[bool, Mapping[str, Any]]]
 

@@ -1,16 +1,24 @@
-"""Config reload (SIGHUP / ``systemctl reload``): what changed between two configs.
+"""Config reload (SIGHUP / ``systemctl reload``): what changed between two configs, and applying it.
 
-``plan(old, new)`` is pure; ``app.py`` applies it: cameras added, removed or changed restart only
-those capture threads; event thresholds and zones apply at once; a model (or workers) change
-reloads the model and restarts the inference threads without dropping MQTT. Sections that need a
-restart (mqtt, metrics, node_id, state_dir, outbox) keep their running values, with a warning.
+``plan(old, new)`` is pure; ``apply(pipeline, old, path, notifier)`` re-reads the file and applies
+the plan: cameras added, removed or changed restart only those capture threads; event thresholds
+and zones apply at once; a model (or workers) change reloads the model and restarts the inference
+threads without dropping MQTT. Sections that need a restart (mqtt, metrics, node_id, state_dir,
+outbox) keep their running values, with a warning. Any error keeps the running config.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import logging
+from dataclasses import dataclass, field, replace
+from pathlib import Path
 
-from edgedet.config import Config
+from edgedet.config import Config, load_config
+from edgedet.errors import EdgedetError
+from edgedet.pipeline import LoadedModel, Pipeline, load_model
+from edgedet.sdnotify import Notifier
+
+log = logging.getLogger("edgedet.app")
 
 RESTART_ONLY = ("node_id", "state_dir", "mqtt", "metrics", "outbox")
 
@@ -49,8 +57,6 @@ class ReloadPlan:
 
 def _capture_view(cam: object) -> object:
     """The camera settings that need a capture restart (zones/masks apply without one)."""
-    from dataclasses import replace
-
     return replace(cam, zones={}, masks=[])  # type: ignore[type-var]
 
 
@@ -76,3 +82,47 @@ def plan(old: Config, new: Config) -> ReloadPlan:
         homeassistant=old.homeassistant != new.homeassistant,
         ignored=ignored,
     )
+
+
+def apply(pipeline: Pipeline, cfg: Config, config_path: str | Path | None, notifier: Notifier) -> Config:
+    """Re-read ``config_path`` and apply what changed; returns the config in force (the old one on error)."""
+    if config_path is None:
+        log.warning("SIGHUP: no config file to reload")
+        return cfg
+    notifier.reloading()
+    model: LoadedModel | None = None
+    try:
+        new = load_config(config_path)
+        change = plan(cfg, new)
+        if change.model:
+            model = load_model(new.model, new.workers, new.cameras)
+    except EdgedetError as exc:
+        log.error("config reload rejected, keeping the running config: %s", str(exc).replace("\n", "; "))
+        notifier.ready("reload rejected")
+        return cfg
+    for key in change.ignored:
+        log.warning("config reload: '%s' changed; it takes effect after a restart", key)
+    if change.log_level:
+        logging.getLogger().setLevel(new.log_level)
+    if model is not None:
+        pipeline.start_model(model)
+    pipeline.cams.stop(list(change.removed) + list(change.changed))
+    for name in change.removed:
+        pipeline.forget_camera(name)
+    enabled = [n for n, c in new.cameras.items() if c.enabled]
+    events = pipeline.events
+    if events is not None and change.changed:
+        # A restarted camera counts frames from seq 0 again, which its tracker would ignore (it
+        # drops frames at or below the last seq): end its events and give it a new tracker.
+        events.reconfigure(new.events, {n: new.cameras[n] for n in enabled if n not in change.changed}, cfg.state_dir)
+    names = model.detector.info.names if model is not None else None
+    pipeline.ha.configure(new.homeassistant, enabled, names, classes=new.model.classes,  # sends only what changed
+                          events_enabled=new.events.enabled)
+    for name in change.added + change.changed:
+        pipeline.start_camera(name, new.cameras[name])
+    if events is not None and (change.events or change.added or change.removed or change.changed):
+        events.reconfigure(new.events, {n: new.cameras[n] for n in enabled}, cfg.state_dir)  # state_dir: restart-only
+    log.info("config reloaded: %s", change.summary())
+    notifier.ready(f"reloaded: {change.summary()}")
+    # Sections that need a restart keep their running values.
+    return replace(new, **{key: getattr(cfg, key) for key in change.ignored})

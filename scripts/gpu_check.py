@@ -24,6 +24,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from prometheus_client import CollectorRegistry
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
@@ -31,6 +32,7 @@ sys.path.insert(0, str(REPO))
 from edgedet.capture.worker import CaptureWorker  # noqa: E402
 from edgedet.framequeue import FrameHub  # noqa: E402
 from edgedet.inference import DecodeOptions, InferenceWorker  # noqa: E402
+from edgedet.metrics import Metrics  # noqa: E402
 from edgedet.model.torchscript import TorchScriptDetector  # noqa: E402
 from edgedet.types import Detections, Frame  # noqa: E402
 
@@ -45,6 +47,7 @@ class SyntheticSource:
 
     fps = None
     is_file = False
+    read_timeout_s = None
 
     def open(self) -> None:
         pass
@@ -90,7 +93,8 @@ def raw_throughput(det: TorchScriptDetector, batch: int, seconds: float) -> floa
 
 def pipeline(det: TorchScriptDetector, cameras: int, workers: int, batch: int, seconds: float) -> dict:
     stop = threading.Event()
-    hub = FrameHub(stop)
+    metrics = Metrics(CollectorRegistry())
+    hub = FrameHub(stop, metrics)
     frames = sample_frames()
     latencies: list[float] = []
     lock = threading.Lock()
@@ -101,11 +105,11 @@ def pipeline(det: TorchScriptDetector, cameras: int, workers: int, batch: int, s
             latencies.append(e2e)
 
     caps = [
-        CaptureWorker(f"cam{i}", lambda: SyntheticSource(frames), hub.add_camera(f"cam{i}", maxsize=1), stop, None)
+        CaptureWorker(f"cam{i}", lambda: SyntheticSource(frames), hub.add_camera(f"cam{i}", maxsize=1), stop, metrics)
         for i in range(cameras)
     ]
     pool = [
-        InferenceWorker(i, hub, det, stop, sink, None, DecodeOptions(), batch_size=batch, batch_timeout_s=0.002)
+        InferenceWorker(i, hub, det, stop, sink, metrics, DecodeOptions(), batch_size=batch, batch_timeout_s=0.002)
         for i in range(workers)
     ]
     for t in caps + pool:

@@ -4,7 +4,7 @@
 From the two real photos that ship with the ultralytics package (found without importing it):
 
 - ``DIR/demo.mp4``         slow pan/zoom across bus.jpg, then zidane.jpg (persons in every frame)
-- ``DIR/frames/%05d.jpg``  the same frames as JPEGs (input of scripts/rtsp_server.py)
+- ``DIR/frames/%05d.jpg``  the same frames as JPEGs (input of edgedet/bench/rtsp_server.py)
 - ``DIR/bus.jpg``, ``DIR/zidane.jpg``  copies of the photos
 - ``DIR/enter_leave.mp4``  person visible ~3 s, absent ~4 s, visible again ~3 s
 - ``DIR/enter_leave.json`` the frame ranges of those three segments

@@ -1,6 +1,7 @@
 """Locked-down mosquitto brokers for integration tests: a throwaway PKI made with ``openssl``,
 password files made with ``mosquitto_passwd``, the mosquitto config lines that switch a listener
-to TLS and/or passwords, and an MQTT subscriber that speaks TLS and logs in.
+to TLS and/or passwords, and daemon-side checks (log lines, /healthz, a clean stop). The MQTT
+subscriber (``tests.helpers.MqttSubscriber``, fixture ``mqtt_sub``) speaks TLS and logs in.
 
 Use with the ``mosquitto_factory`` fixture (its listener line comes first, so the TLS lines below
 apply to that listener, and a later ``allow_anonymous false`` overrides its default)::
@@ -8,31 +9,25 @@ apply to that listener, and a later ``allow_anonymous false`` overrides its defa
     pki = make_pki(tmp_path / "pki")
     pw = password_file(tmp_path, {"edge": "right-Pa55"})
     broker = mosquitto_factory(extra_lines=[*tls_lines(pki), *auth_lines(pw)])
-    sub = SecureSubscriber(broker, "#", username="edge", password="right-Pa55", ca=pki.ca)
+    sub = mqtt_sub(broker, "#", username="edge", password="right-Pa55", ca=pki.ca)
 """
 
 from __future__ import annotations
 
 import json
 import shutil
-import ssl
 import subprocess
-import threading
-import time
 import urllib.error
 import urllib.request
 import uuid
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
-import paho.mqtt.client as mqtt
 import pytest
 
-from tests.helpers import MOSQUITTO, Broker, DaemonProcess, Message, free_port, is_ci, stop_daemon, wait_for
-
-T = TypeVar("T")
+from tests.helpers import MOSQUITTO, DaemonProcess, free_port, is_ci, stop_daemon, wait_for
 
 TEST_HOST_SAN = "IP:127.0.0.1"
 _EC = ("-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes")
@@ -147,90 +142,6 @@ def tls_lines(pki: Pki, *, require_certificate: bool = False) -> list[str]:
     if require_certificate:
         lines.append("require_certificate true")
     return lines
-
-
-# --------------------------------------------------------------------------- subscriber
-
-
-class SecureSubscriber:
-    """A paho-mqtt 2.x subscriber with optional TLS (``ca``, client ``cert``/``key``) and login,
-    collecting every message. Connected and subscribed when the constructor returns."""
-
-    def __init__(
-        self,
-        broker: Broker,
-        topic_filter: str = "#",
-        *,
-        username: str | None = None,
-        password: str | None = None,
-        ca: Path | None = None,
-        cert: Path | None = None,
-        key: Path | None = None,
-        timeout: float = 10.0,
-    ) -> None:
-        self.topic_filter = topic_filter
-        self._lock = threading.Condition()
-        self._messages: list[Message] = []
-        self._subscribed = threading.Event()
-        self._refused: str | None = None
-        client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"test-sub-{uuid.uuid4().hex[:8]}")
-        if username is not None:
-            client.username_pw_set(username, password)
-        if ca is not None or cert is not None:
-            client.tls_set(ca_certs=str(ca) if ca else None, certfile=str(cert) if cert else None,
-                           keyfile=str(key) if key else None, cert_reqs=ssl.CERT_REQUIRED)
-        client.on_connect = self._on_connect
-        client.on_subscribe = self._on_subscribe
-        client.on_message = self._on_message
-        self.client = client
-        client.connect(broker.host, broker.port, keepalive=30)
-        client.loop_start()
-        if not self._subscribed.wait(timeout):
-            self.stop()
-            raise TimeoutError(
-                f"subscriber not subscribed to {topic_filter!r} on {broker.host}:{broker.port} within "
-                f"{timeout:.1f} s (refused: {self._refused})"
-            )
-
-    def _on_connect(self, client: mqtt.Client, userdata: Any, flags: Any, reason: Any, props: Any) -> None:
-        if reason.is_failure:
-            self._refused = str(reason)
-            return
-        client.subscribe(self.topic_filter, qos=1)
-
-    def _on_subscribe(self, client: mqtt.Client, userdata: Any, mid: int, reasons: Any, props: Any) -> None:
-        if all(not r.is_failure for r in reasons):
-            self._subscribed.set()
-
-    def _on_message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
-        with self._lock:
-            self._messages.append(Message(msg.topic, bytes(msg.payload), bool(msg.retain), int(msg.qos),
-                                          time.monotonic()))
-            self._lock.notify_all()
-
-    def messages(self) -> list[Message]:
-        with self._lock:
-            return list(self._messages)
-
-    def wait_for(self, predicate: Callable[[list[Message]], T], timeout: float, what: str) -> T:
-        """Wait until ``predicate(messages)`` is truthy (it runs without the lock held)."""
-        deadline = time.monotonic() + timeout
-        while True:
-            result = predicate(self.messages())
-            if result:
-                return result
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                got = [(m.topic, m.payload[:80]) for m in self.messages()[-10:]]
-                raise TimeoutError(f"timed out after {timeout:.1f} s waiting for {what}; last messages: {got}")
-            with self._lock:
-                self._lock.wait(min(remaining, 0.5))
-
-    def stop(self) -> None:
-        try:
-            self.client.disconnect()
-        finally:
-            self.client.loop_stop()
 
 
 # --------------------------------------------------------------------------- daemon-side checks

@@ -138,7 +138,8 @@ def assets() -> Assets:
 
 @pytest.fixture
 def mosquitto_factory(tmp_path: Path) -> Iterator[Callable[..., MosquittoBroker]]:
-    """``make(extra_lines=(), port=None, start=True) -> MosquittoBroker``; all stopped at teardown.
+    """``make(extra_lines=(), port=None, start=True, persistence=True) -> MosquittoBroker``; all
+    stopped at teardown.
 
     Each broker gets its own folder (config, log, persistence) under tmp_path.
     """
@@ -147,9 +148,13 @@ def mosquitto_factory(tmp_path: Path) -> Iterator[Callable[..., MosquittoBroker]
     brokers: list[MosquittoBroker] = []
 
     def make(
-        extra_lines: tuple[str, ...] | list[str] = (), port: int | None = None, start: bool = True
+        extra_lines: tuple[str, ...] | list[str] = (),
+        port: int | None = None,
+        start: bool = True,
+        persistence: bool = True,
     ) -> MosquittoBroker:
-        broker = MosquittoBroker(tmp_path / f"mosquitto-{len(brokers)}", port=port, extra_lines=extra_lines)
+        broker = MosquittoBroker(tmp_path / f"mosquitto-{len(brokers)}", port=port, extra_lines=extra_lines,
+                                 persistence=persistence)
         brokers.append(broker)
         if start:
             broker.start()
@@ -168,7 +173,8 @@ def mosquitto(mosquitto_factory: Callable[..., MosquittoBroker]) -> MosquittoBro
 
 @pytest.fixture
 def mqtt_sub() -> Iterator[Callable[..., MqttSubscriber]]:
-    """``make(broker, topic_filter, *, client_id=None, clean_session=True, qos=1) -> MqttSubscriber``.
+    """``make(broker, topic_filter, *, client_id=None, clean_session=True, qos=1, username=None,
+    password=None, ca=None, cert=None, key=None) -> MqttSubscriber``.
 
     The subscriber is connected and subscribed when returned; all are stopped at teardown.
     """
@@ -196,7 +202,7 @@ def require_rtsp() -> str:
         _rtsp_status.append(rtsp_check())
     usable, detail = _rtsp_status[0]
     if not usable:
-        missing(f"scripts/rtsp_server.py cannot run under /usr/bin/python3: {detail}")
+        missing(f"edgedet/bench/rtsp_server.py cannot run under /usr/bin/python3: {detail}")
     return detail
 
 

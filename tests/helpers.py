@@ -12,6 +12,7 @@ import pwd
 import selectors
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import threading
@@ -26,6 +27,8 @@ from typing import Any, Protocol, TypeVar
 import paho.mqtt.client as mqtt
 from paho.mqtt import publish as mqtt_publish_mod
 from prometheus_client.parser import text_string_to_metric_families
+
+from edgedet.bench.live import RTSP_SCRIPT  # the bench's live row runs this same file
 
 REPO = Path(__file__).resolve().parents[1]
 LOOPBACK = "127.0.0.1"
@@ -210,11 +213,13 @@ def topic_matches(topic_filter: str, topic: str) -> bool:
 
 
 class MqttSubscriber:
-    """A real paho-mqtt 2.x subscriber collecting every message it receives.
+    """A real paho-mqtt 2.x subscriber collecting every message it receives; connected and
+    subscribed when the constructor returns.
 
     ``clean_session=False`` with a fixed ``client_id`` gives a persistent session: the broker
     queues QoS >= 1 messages while the client is away. paho reconnects on its own after a broker
     restart (1-2 s backoff); subscriptions are renewed when the broker lost the session.
+    ``username``/``password`` log in; ``ca`` (and a client ``cert``/``key``) switch to TLS.
     """
 
     def __init__(
@@ -225,6 +230,11 @@ class MqttSubscriber:
         client_id: str | None = None,
         clean_session: bool = True,
         qos: int = 1,
+        username: str | None = None,
+        password: str | None = None,
+        ca: Path | None = None,
+        cert: Path | None = None,
+        key: Path | None = None,
         timeout: float = 10.0,
     ) -> None:
         self.topic_filter = topic_filter
@@ -233,12 +243,19 @@ class MqttSubscriber:
         self._lock = threading.Lock()
         self._changed = threading.Condition(self._lock)
         self._messages: list[Message] = []
+        self._taken = 0  # messages already looked at by expect()
         self._subscribed = threading.Event()
         self._sub_mid: int | None = None
+        self._refused: str | None = None
         self.connects = 0
         self.client = mqtt.Client(
             mqtt.CallbackAPIVersion.VERSION2, client_id=self.client_id, clean_session=clean_session
         )
+        if username is not None:
+            self.client.username_pw_set(username, password)
+        if ca is not None or cert is not None:
+            self.client.tls_set(ca_certs=str(ca) if ca else None, certfile=str(cert) if cert else None,
+                                keyfile=str(key) if key else None, cert_reqs=ssl.CERT_REQUIRED)
         self.client.reconnect_delay_set(min_delay=1, max_delay=2)
         self.client.on_connect = self._on_connect
         self.client.on_subscribe = self._on_subscribe
@@ -249,11 +266,12 @@ class MqttSubscriber:
             self.stop()
             raise TimeoutError(
                 f"MQTT subscriber {self.client_id} not subscribed to {topic_filter!r} on "
-                f"{broker.host}:{broker.port} within {timeout:.1f} s"
+                f"{broker.host}:{broker.port} within {timeout:.1f} s (refused: {self._refused})"
             )
 
     def _on_connect(self, client: mqtt.Client, userdata: Any, flags: Any, reason: Any, props: Any) -> None:
         if reason.is_failure:
+            self._refused = str(reason)
             return
         with self._lock:
             self.connects += 1
@@ -313,6 +331,33 @@ class MqttSubscriber:
         assert found is not None
         return found
 
+    def expect(self, topic: str, payload: bytes | None = None, timeout: float = 10.0) -> Message:
+        """The next message on exactly ``topic`` (with ``payload``, if given), after those that
+        earlier calls looked at: a message is looked at once, so ``expect`` twice waits for two
+        messages. Every message looked at on the way is kept in ``seen``."""
+        deadline = time.monotonic() + timeout
+        with self._changed:
+            while True:
+                while self._taken < len(self._messages):
+                    m = self._messages[self._taken]
+                    self._taken += 1
+                    if m.topic == topic and (payload is None or m.payload == payload):
+                        return m
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    seen = self._seen_locked()
+                    raise TimeoutError(f"no {payload!r} on {topic} within {timeout:.1f} s; seen: {seen}")
+                self._changed.wait(remaining)
+
+    @property
+    def seen(self) -> list[tuple[str, bytes, bool]]:
+        """``(topic, payload, retain)`` of the messages ``expect`` has looked at, in order."""
+        with self._lock:
+            return self._seen_locked()
+
+    def _seen_locked(self) -> list[tuple[str, bytes, bool]]:
+        return [(m.topic, m.payload, m.retain) for m in self._messages[: self._taken]]
+
     def stop(self) -> None:
         """Disconnect and stop paho's network thread (joins it)."""
         with contextlib.suppress(Exception):
@@ -345,10 +390,15 @@ class MosquittoBroker:
 
     ``stop()`` (SIGTERM, the broker saves its persistence file) and ``start()`` again on the
     same port and with the same persistence keep persistent sessions and queued QoS 1 messages.
+    With ``persistence=False`` a restarted broker has forgotten everything (retained messages too).
     """
 
     def __init__(
-        self, workdir: Path, port: int | None = None, extra_lines: tuple[str, ...] | list[str] = ()
+        self,
+        workdir: Path,
+        port: int | None = None,
+        extra_lines: tuple[str, ...] | list[str] = (),
+        persistence: bool = True,
     ) -> None:
         self.host = LOOPBACK
         self.port = port if port is not None else free_port()
@@ -363,9 +413,11 @@ class MosquittoBroker:
         lines = [
             f"listener {self.port} {LOOPBACK}",
             "allow_anonymous true",
-            "persistence true",
-            f"persistence_location {self.data_dir}/",
-            "autosave_interval 1",
+            *([
+                "persistence true",
+                f"persistence_location {self.data_dir}/",
+                "autosave_interval 1",
+            ] if persistence else ["persistence false"]),
             f"log_dest file {self.log_path}",
             "log_type error",
             "log_type warning",
@@ -442,11 +494,10 @@ def pwd_name() -> str:
 # --------------------------------------------------------------------------- RTSP server
 
 SYSTEM_PYTHON = Path("/usr/bin/python3")
-RTSP_SCRIPT = REPO / "scripts" / "rtsp_server.py"
 
 
 def rtsp_check() -> tuple[bool, str]:
-    """(usable, encoder element or the reason it is not) for scripts/rtsp_server.py."""
+    """(usable, encoder element or the reason it is not) for edgedet/bench/rtsp_server.py."""
     if not SYSTEM_PYTHON.exists():
         return False, f"{SYSTEM_PYTHON} not found"
     result = subprocess.run(
@@ -458,7 +509,7 @@ def rtsp_check() -> tuple[bool, str]:
 
 
 class RtspServer:
-    """scripts/rtsp_server.py under the system python, serving JPEG sequences over RTSP/H.264.
+    """edgedet/bench/rtsp_server.py under the system python, serving JPEG sequences over RTSP/H.264.
 
     ``url`` is the main mount (``/cam``); ``urls`` maps every mount path to its URL.
     """

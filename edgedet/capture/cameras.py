@@ -9,7 +9,8 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from edgedet.capture.worker import CaptureWorker, OpenCvSource
+from edgedet.capture.source import FrameSource, OpenCvSource
+from edgedet.capture.worker import CaptureWorker
 from edgedet.config import CameraConfig
 from edgedet.framequeue import CameraQueue, FrameHub
 from edgedet.metrics import Metrics
@@ -21,7 +22,12 @@ OPEN_TIMEOUT_S = 10.0
 MAX_READ_TIMEOUT_S = 10.0
 
 
-def source_factory(cam: CameraConfig) -> Callable[[], OpenCvSource]:
+SourceFactory = Callable[[CameraConfig], Callable[[], FrameSource]]
+"""camera config -> a function that makes a new (unopened) source for each capture session."""
+
+
+def opencv_sources(cam: CameraConfig) -> Callable[[], FrameSource]:
+    """The production source factory: an ``OpenCvSource`` for the camera's URL."""
     display = mask_url(cam.url)
     return lambda: OpenCvSource(
         cam.url,
@@ -48,11 +54,12 @@ class CameraSet:
     """Capture threads by camera name. Each camera has its own stop Event, so one camera can be
     restarted without touching the others."""
 
-    def __init__(self, hub: FrameHub, metrics: Metrics | None,
-                 on_state: Callable[[str, bool], None] | None) -> None:
+    def __init__(self, hub: FrameHub, metrics: Metrics, on_state: Callable[[str, bool], None] | None,
+                 sources: SourceFactory = opencv_sources) -> None:
         self.hub = hub
         self.metrics = metrics
         self.on_state = on_state
+        self.sources = sources
         self._running: dict[str, _Running] = {}
 
     @property
@@ -73,7 +80,7 @@ class CameraSet:
         stop = threading.Event()
         thread = CaptureWorker(
             name,
-            source_factory(cam),
+            self.sources(cam),
             queue,
             stop,
             self.metrics,

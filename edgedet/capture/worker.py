@@ -1,4 +1,4 @@
-"""Frame sources (RTSP / HTTP / file / V4L2 through OpenCV) and the per-camera capture thread.
+"""The per-camera capture thread (sources: ``source.py``).
 
 ``CaptureWorker`` opens a ``FrameSource``, reads frames into the camera's queue and, on any
 failure (open error, read error or timeout, stall, unexpected exception), closes it, marks
@@ -11,35 +11,22 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 import random
 import threading
 import time
 from collections.abc import Callable
-from functools import cache
-from pathlib import Path
-from typing import Literal, Protocol
 
 import cv2
 import numpy as np
-from prometheus_client import Counter, Gauge
 
-from edgedet.errors import CaptureError
+from edgedet.capture.source import FrameSource
+from edgedet.errors import CaptureError, one_line
 from edgedet.framequeue import CameraQueue
 from edgedet.metrics import Metrics
-from edgedet.redact import mask_url
 from edgedet.types import Frame
 
 log = logging.getLogger("edgedet.capture")  # a stable stage name: journald filters and docs use it
 
-SourceKind = Literal["rtsp", "http", "file", "device"]
-
-# OPENCV_FFMPEG_CAPTURE_OPTIONS is process-global and read by OpenCV when a capture opens:
-# set it (and restore it) under this lock so concurrent opens never see another's value.
-_FFMPEG_ENV = "OPENCV_FFMPEG_CAPTURE_OPTIONS"
-_ffmpeg_env_lock = threading.Lock()
-
-_MAX_SANE_FPS = 1000.0  # some RTSP servers report the 90 kHz clock as fps
 _DEFAULT_FILE_FPS = 25.0
 _DUE_EPSILON_S = 1e-3  # float slack when comparing a frame time with the fps_limit due time
 _TIMEOUT_SLACK = 0.9  # a failed grab that waited this share of a timeout timed out
@@ -51,193 +38,6 @@ _TIMEOUT_SLACK = 0.9  # a failed grab that waited this share of a timeout timed 
 FROZEN_THUMB_SIZE = (32, 18)
 FROZEN_MAX_DIFF = 3
 
-# FFmpeg and OpenCV print to stderr on every failed open and every corrupt frame ("moov atom not
-# found", "error while decoding MB ..."): with reconnects, the same lines forever. Capture counts
-# those and logs state changes instead. An operator's own setting of these variables wins.
-_FFMPEG_LOGLEVEL_ENV = "OPENCV_FFMPEG_LOGLEVEL"  # read once, when OpenCV's FFmpeg backend starts
-_AV_LOG_FATAL = 8
-
-
-class FrameSource(Protocol):
-    """What ``CaptureWorker`` reads from. ``grab()`` must return within a bounded time."""
-
-    @property
-    def fps(self) -> float | None:
-        """Nominal frame rate once open (None when unknown)."""
-        ...
-
-    @property
-    def is_file(self) -> bool:
-        """True for a file: ``grab() == False`` then means end of file, not a failure."""
-        ...
-
-    def open(self) -> None:
-        """Open the source; raise ``CaptureError`` with a one-line reason on failure."""
-        ...
-
-    def grab(self) -> bool:
-        """Read the next frame without decoding it; False on EOF / error / timeout."""
-        ...
-
-    def retrieve(self) -> np.ndarray | None:
-        """Decode the last grabbed frame (BGR); None when it cannot be decoded."""
-        ...
-
-    def close(self) -> None: ...
-
-
-class OpenCvSource:
-    """OpenCV capture: FFmpeg for rtsp/http/file, V4L2 for ``/dev/videoN`` or an int index.
-
-    FFmpeg opens and reads are bounded by ``open_timeout_s`` / ``read_timeout_s``
-    (``CAP_PROP_OPEN_TIMEOUT_MSEC`` / ``CAP_PROP_READ_TIMEOUT_MSEC`` -- both verified to
-    interrupt a silent peer on OpenCV 5.0). ``width``/``height``/``fourcc`` apply to V4L2.
-    """
-
-    def __init__(
-        self,
-        url: str | int,
-        kind: SourceKind,
-        transport: Literal["tcp", "udp"] = "tcp",
-        width: int | None = None,
-        height: int | None = None,
-        fourcc: str | None = None,
-        open_timeout_s: float = 10.0,
-        read_timeout_s: float = 10.0,
-        display_url: str | None = None,
-    ) -> None:
-        if kind not in ("rtsp", "http", "file", "device"):
-            raise ValueError(f"source kind must be rtsp, http, file or device (got {kind!r})")
-        if transport not in ("tcp", "udp"):
-            raise ValueError(f"transport must be 'tcp' or 'udp' (got {transport!r})")
-        if fourcc is not None and len(fourcc) != 4:
-            raise ValueError(f"fourcc must have 4 characters (got {fourcc!r})")
-        if open_timeout_s <= 0 or read_timeout_s <= 0:
-            raise ValueError(
-                f"timeouts must be > 0 (got open {open_timeout_s}, read {read_timeout_s})"
-            )
-        self.url = url
-        self.kind = kind
-        self.transport = transport
-        self.width = width
-        self.height = height
-        self.fourcc = fourcc
-        self.open_timeout_s = open_timeout_s
-        self.read_timeout_s = read_timeout_s
-        self.display_url = display_url if display_url is not None else mask_url(url)
-        self._cap: cv2.VideoCapture | None = None
-        self._fps: float | None = None
-
-    @property
-    def fps(self) -> float | None:
-        return self._fps
-
-    @property
-    def is_file(self) -> bool:
-        return self.kind == "file"
-
-    def open(self) -> None:
-        self.close()
-        quiet_native_logs()
-        if self.kind == "device":
-            cap = self._open_device()
-        else:
-            cap = self._open_ffmpeg()
-        fps = float(cap.get(cv2.CAP_PROP_FPS) or 0.0)
-        self._fps = fps if math.isfinite(fps) and 0.0 < fps <= _MAX_SANE_FPS else None
-        self._cap = cap
-
-    def _open_ffmpeg(self) -> cv2.VideoCapture:
-        if self.kind == "file" and not Path(str(self.url)).is_file():
-            raise CaptureError(f"cannot open {self.display_url}: no such file")
-        params = [
-            cv2.CAP_PROP_OPEN_TIMEOUT_MSEC, int(self.open_timeout_s * 1000),
-            cv2.CAP_PROP_READ_TIMEOUT_MSEC, int(self.read_timeout_s * 1000),
-        ]  # fmt: skip
-        started = time.monotonic()
-        if self.kind == "rtsp":
-            with _ffmpeg_env_lock:
-                previous = os.environ.get(_FFMPEG_ENV)
-                os.environ[_FFMPEG_ENV] = _with_rtsp_transport(previous, self.transport)
-                try:
-                    cap = cv2.VideoCapture(str(self.url), cv2.CAP_FFMPEG, params)
-                finally:
-                    if previous is None:
-                        os.environ.pop(_FFMPEG_ENV, None)
-                    else:
-                        os.environ[_FFMPEG_ENV] = previous
-        else:
-            cap = cv2.VideoCapture(str(self.url), cv2.CAP_FFMPEG, params)
-        if not cap.isOpened():
-            cap.release()
-            elapsed = time.monotonic() - started
-            if elapsed >= self.open_timeout_s * 0.95:
-                reason = f"no answer within {self.open_timeout_s:g} s"
-            elif self.kind == "file":
-                reason = "not a readable video file"
-            else:
-                reason = "FFmpeg could not open the stream (check host, path, credentials, codec)"
-            raise CaptureError(f"cannot open {self.display_url}: {reason}")
-        return cap
-
-    def _open_device(self) -> cv2.VideoCapture:
-        target: str | int = self.url
-        if isinstance(target, str) and target.isdigit():
-            target = int(target)
-        cap = cv2.VideoCapture(target, cv2.CAP_V4L2)
-        if not cap.isOpened():
-            cap.release()
-            raise CaptureError(f"cannot open V4L2 device {self.display_url}: missing, busy or not a camera")
-        if self.fourcc is not None:  # before the size: drivers pick sizes per pixel format
-            cap.set(cv2.CAP_PROP_FOURCC, cv2.VideoWriter.fourcc(*self.fourcc))
-        if self.width is not None:
-            cap.set(cv2.CAP_PROP_FRAME_WIDTH, self.width)
-        if self.height is not None:
-            cap.set(cv2.CAP_PROP_FRAME_HEIGHT, self.height)
-        cap.set(cv2.CAP_PROP_READ_TIMEOUT_MSEC, int(self.read_timeout_s * 1000))  # ignored if unsupported
-        actual = (int(cap.get(cv2.CAP_PROP_FRAME_WIDTH)), int(cap.get(cv2.CAP_PROP_FRAME_HEIGHT)))
-        if actual != (self.width or actual[0], self.height or actual[1]):
-            log.warning(
-                "device %s: asked for %sx%s, driver gave %dx%d",
-                self.display_url, self.width, self.height, actual[0], actual[1],
-            )
-        return cap
-
-    def grab(self) -> bool:
-        if self._cap is None:
-            return False
-        try:
-            return bool(self._cap.grab())
-        except cv2.error as exc:
-            raise CaptureError(f"read from {self.display_url} failed: {_one_line(exc)}") from exc
-
-    def retrieve(self) -> np.ndarray | None:
-        if self._cap is None:
-            return None
-        try:
-            ok, image = self._cap.retrieve()
-        except cv2.error:
-            return None
-        if not ok or image is None or image.size == 0:
-            return None
-        return image
-
-    def close(self) -> None:
-        cap, self._cap = self._cap, None
-        if cap is not None:
-            cap.release()
-
-
-@cache
-def quiet_native_logs() -> None:
-    """Keep FFmpeg to fatal messages and OpenCV to errors, unless the environment says otherwise
-    (``OPENCV_FFMPEG_LOGLEVEL`` / ``OPENCV_FFMPEG_DEBUG`` / ``OPENCV_LOG_LEVEL``). Call before the
-    first capture opens; later calls do nothing."""
-    if "OPENCV_FFMPEG_DEBUG" not in os.environ:
-        os.environ.setdefault(_FFMPEG_LOGLEVEL_ENV, str(_AV_LOG_FATAL))
-    if "OPENCV_LOG_LEVEL" not in os.environ:
-        cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_ERROR)
-
 
 def thumbnail(image: np.ndarray) -> np.ndarray:
     """The small grey image the frozen-camera check compares (``FROZEN_THUMB_SIZE``, uint8)."""
@@ -247,16 +47,6 @@ def thumbnail(image: np.ndarray) -> np.ndarray:
     elif small.ndim == 3:
         small = small[:, :, 0]
     return np.ascontiguousarray(small, dtype=np.uint8)
-
-
-def _with_rtsp_transport(options: str | None, transport: str) -> str:
-    """FFmpeg capture options (``key;value|key;value``) with ``rtsp_transport`` set."""
-    kept = [o for o in (options or "").split("|") if o and not o.startswith("rtsp_transport;")]
-    return "|".join([*kept, f"rtsp_transport;{transport}"])
-
-
-def _one_line(exc: BaseException) -> str:
-    return " ".join(str(exc).split()) or type(exc).__name__
 
 
 class _Failure(CaptureError):
@@ -298,7 +88,7 @@ class CaptureWorker(threading.Thread):
         source_factory: Callable[[], FrameSource],
         queue: CameraQueue,
         stop: threading.Event,
-        metrics: Metrics | None,
+        metrics: Metrics,
         *,
         fps_limit: float | None = None,
         loop: bool = False,
@@ -351,18 +141,12 @@ class CaptureWorker(threading.Thread):
         self._last_error = ""  # reason of the last traceback logged (a repeated bug logs once)
 
         self._metrics = metrics
-        self._m_captured: Counter | None = None
-        self._m_up: Gauge | None = None
-        self._m_fps_drop: Counter | None = None
-        self._m_reconnects: Counter | None = None
-        self._m_frozen: Gauge | None = None
-        if metrics is not None:
-            metrics.init_camera(camera)
-            self._m_captured = metrics.frames_captured.labels(camera=camera)
-            self._m_up = metrics.camera_up.labels(camera=camera)
-            self._m_fps_drop = metrics.frames_dropped.labels(camera=camera, reason="fps_limit")
-            self._m_reconnects = metrics.camera_reconnects.labels(camera=camera)
-            self._m_frozen = metrics.camera_frozen.labels(camera=camera)
+        metrics.init_camera(camera)
+        self._m_captured = metrics.frames_captured.labels(camera=camera)
+        self._m_up = metrics.camera_up.labels(camera=camera)
+        self._m_fps_drop = metrics.frames_dropped.labels(camera=camera, reason="fps_limit")
+        self._m_reconnects = metrics.camera_reconnects.labels(camera=camera)
+        self._m_frozen = metrics.camera_frozen.labels(camera=camera)
 
     # ------------------------------------------------------------------ thread body
 
@@ -386,15 +170,15 @@ class CaptureWorker(threading.Thread):
                 elif isinstance(exc, CaptureError):  # from the source's grab/retrieve
                     self._failed("read", str(exc), exc_info=False)
                 else:  # a bug: log the traceback, but keep this camera (and the others) going
-                    reason = f"unexpected {type(exc).__name__}: {_one_line(exc)}"
+                    reason = f"unexpected {type(exc).__name__}: {one_line(exc)}"
                     self._failed("internal", reason, exc_info=True)
             else:
                 if outcome == "stopped":
                     return
                 if outcome == "ended":
                     self._queue.close()
-                    self._set_up_gauge(0)
-                    self._set_frozen_gauge(0)  # an ended file is neither up nor frozen
+                    self._m_up.set(0)
+                    self._m_frozen.set(0)  # an ended file is neither up nor frozen
                     log.info("camera %s: end of file (%d frames delivered in all)", self.camera, self._seq)
                     return
                 continue  # "loop": reopen the file straight away
@@ -402,8 +186,7 @@ class CaptureWorker(threading.Thread):
             cap = min(self._backoff_max, self._backoff_initial * 2 ** (self._failures - 1))
             if self._wait(self._rng.uniform(0.0, cap)) or self._stop_event.is_set():
                 return
-            if self._m_reconnects is not None:
-                self._m_reconnects.inc()
+            self._m_reconnects.inc()
 
     def _session(self) -> str:
         """Open a source and read it. Returns "stopped", "ended" or "loop"; raises on failure."""
@@ -465,8 +248,7 @@ class CaptureWorker(threading.Thread):
             else:
                 media_t = now
             if limit_period is not None and not self._due(media_t, limit_period):
-                if self._m_fps_drop is not None:
-                    self._m_fps_drop.inc()
+                self._m_fps_drop.inc()
                 continue
 
             image = source.retrieve()
@@ -487,8 +269,7 @@ class CaptureWorker(threading.Thread):
             frame = Frame(self.camera, self._seq, t_mono_ns, t_wall, image)
             self._seq += 1
             delivered += 1
-            if self._m_captured is not None:
-                self._m_captured.inc()
+            self._m_captured.inc()
             if delivered == 1:
                 self._became_up(source, image)
             if not self._queue.put(frame):
@@ -499,7 +280,7 @@ class CaptureWorker(threading.Thread):
     def _read_failure(self, source: FrameSource, silent_s: float) -> _Failure:
         """The failure for a live grab that returned False after ``silent_s`` without a frame:
         a stall when it waited out the stall timeout or the source's read timeout."""
-        timeout = min(self._stall_timeout_s, getattr(source, "read_timeout_s", None) or math.inf)
+        timeout = min(self._stall_timeout_s, source.read_timeout_s or math.inf)
         if silent_s >= timeout * _TIMEOUT_SLACK:
             return _Failure("stall", f"camera {self.camera}: no frame for {silent_s:.1f} s (read timed out)")
         return _Failure("read", f"camera {self.camera}: stream ended (read failed after {silent_s:.1f} s)")
@@ -520,7 +301,7 @@ class CaptureWorker(threading.Thread):
     def _became_up(self, source: FrameSource, image: np.ndarray) -> None:
         self._failures = 0
         self._last_error = ""
-        self._set_up_gauge(1)
+        self._m_up.set(1)
         if self._up is not True:
             self._up = True
             log.info(
@@ -533,7 +314,7 @@ class CaptureWorker(threading.Thread):
     def _failed(self, kind: str, reason: str, *, exc_info: bool) -> None:
         self._failures += 1
         self._count_error(kind)
-        self._set_up_gauge(0)
+        self._m_up.set(0)
         self._next_due = None
         self._decode_failing_since = None
         if not self._frozen:
@@ -555,13 +336,13 @@ class CaptureWorker(threading.Thread):
             self._still_ref, self._still_since = thumb, now
             if self._frozen:
                 self._frozen = False
-                self._set_frozen_gauge(0)
+                self._m_frozen.set(0)
                 log.warning("camera %s no longer frozen", self.camera)
             return
         still_s = now - self._still_since
         if not self._frozen and self._frozen_after_s is not None and still_s >= self._frozen_after_s:
             self._frozen = True
-            self._set_frozen_gauge(1)
+            self._m_frozen.set(1)
             log.warning("camera %s frozen: identical frames for %.0f s", self.camera, still_s)
 
     def _notify(self, up: bool) -> None:
@@ -573,13 +354,4 @@ class CaptureWorker(threading.Thread):
             log.exception("camera %s: on_state callback failed", self.camera)
 
     def _count_error(self, kind: str) -> None:
-        if self._metrics is not None:
-            self._metrics.capture_errors.labels(camera=self.camera, kind=kind).inc()
-
-    def _set_up_gauge(self, value: int) -> None:
-        if self._m_up is not None:
-            self._m_up.set(value)
-
-    def _set_frozen_gauge(self, value: int) -> None:
-        if self._m_frozen is not None:
-            self._m_frozen.set(value)
+        self._metrics.capture_errors.labels(camera=self.camera, kind=kind).inc()

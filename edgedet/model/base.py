@@ -9,6 +9,8 @@ from __future__ import annotations
 import ast
 import dataclasses
 import json
+import logging
+import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,7 +18,9 @@ from typing import Any, Literal, Protocol
 
 import numpy as np
 
-from edgedet.errors import ModelError
+from edgedet.errors import ModelError, first_line
+
+log = logging.getLogger(__name__)
 
 METADATA_FILE = "config.txt"
 OPENVINO_DIR_SUFFIX = "_openvino_model"
@@ -230,3 +234,56 @@ def dry_run(detector: Detector, path: Path, warmup: int) -> int:
 def forward_error(path: Path, batch: np.ndarray, expected: tuple[int, ...], reason: str) -> ModelError:
     """The one-line error for a failed forward (a wrong input shape, a runtime fault)."""
     return ModelError(f"{path}: forward failed for input {tuple(batch.shape)} (model expects {expected}): {reason}")
+
+
+class RuntimeDetector:
+    """Base of the backends that run the model file in a runtime of their own (ONNX Runtime,
+    OpenVINO): the load options, a fixed NCHW input, the dry run and the one-line forward error.
+
+    A subclass sets ``backend`` and implements ``_load`` (sets ``info``, ``runtime``,
+    ``input_shape``, ``np_dtype``, ``half``) and ``_run`` (one forward on a contiguous batch).
+    """
+
+    backend: str
+    runtime: str
+    info: ModelInfo
+    input_shape: tuple[int, int, int, int]
+    np_dtype: type[np.floating[Any]]
+    half: bool
+    input_layout: InputLayout = "nchw"
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        device: str = "cpu",
+        half: bool | None = None,
+        threads: int | None = None,
+        warmup: int = 1,
+    ) -> None:
+        self.path = Path(path)
+        self.device = device
+        self.threads = threads
+        self._load(half)
+        self.anchors = dry_run(self, self.path, warmup)
+        log.debug("loaded %s with %s (%s threads)", self.path, self.runtime, threads or "default")
+
+    def _load(self, half: bool | None) -> None:
+        raise NotImplementedError
+
+    def _run(self, batch: np.ndarray) -> Any:
+        raise NotImplementedError
+
+    def _reason(self, exc: BaseException) -> str:
+        """The informative line of a runtime's error."""
+        return first_line(exc)
+
+    def input_buffer(self, batch: int) -> np.ndarray | None:
+        return None  # the runtime copies the input into its own memory
+
+    def infer(self, batch: np.ndarray) -> np.ndarray:
+        x = np.ascontiguousarray(batch, dtype=self.np_dtype)
+        try:
+            out = self._run(x)
+        except Exception as exc:  # noqa: BLE001 - runtimes raise their own exception types with long text
+            raise forward_error(self.path, batch, self.input_shape, self._reason(exc)) from None
+        return np.asarray(out, dtype=np.float32)

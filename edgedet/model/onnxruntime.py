@@ -7,7 +7,6 @@ releases the GIL, so one instance is shared by all worker threads like the Torch
 
 from __future__ import annotations
 
-import logging
 import os
 import re
 import zipfile
@@ -18,18 +17,14 @@ import numpy as np
 
 from edgedet.errors import ModelError, first_line
 from edgedet.model.base import (
-    InputLayout,
     ModelInfo,
+    RuntimeDetector,
     check_file,
     check_input_shape,
     decode_string_props,
-    dry_run,
-    forward_error,
     info_from_mapping,
     zipped_torchscript_hint,
 )
-
-log = logging.getLogger(__name__)
 
 _CUDA_RE = re.compile(r"cuda(?::([0-9]+))?")
 _DTYPES: dict[str, type[np.floating[Any]]] = {"tensor(float)": np.float32, "tensor(float16)": np.float16}
@@ -59,27 +54,17 @@ def _providers(ort: Any, device: str) -> list[Any]:
     return [("CUDAExecutionProvider", {"device_id": int(m.group(1) or 0)}), "CPUExecutionProvider"]
 
 
-class OnnxRuntimeDetector:
+class OnnxRuntimeDetector(RuntimeDetector):
     """A YOLOv8 ONNX model in ONNX Runtime, shared by worker threads (``infer`` is thread-safe)."""
 
     backend = "onnxruntime"
-    input_layout: InputLayout = "nchw"
 
-    def __init__(
-        self,
-        path: str | os.PathLike[str],
-        device: str = "cpu",
-        half: bool | None = None,
-        threads: int | None = None,
-        warmup: int = 1,
-    ) -> None:
+    def _load(self, half: bool | None) -> None:
         ort = _import_ort()
-        self.path = Path(path)
         check_file(self.path)
         if zipfile.is_zipfile(self.path):
             raise ModelError(f"{self.path}: not an ONNX model{zipped_torchscript_hint(self.path)}")
-        self.device = device
-        self.threads = threads
+        threads, device = self.threads, self.device
         self.runtime = f"onnxruntime {ort.__version__}"
         options = ort.SessionOptions()
         options.log_severity_level = 3  # errors only; warnings about unused initializers are noise
@@ -110,19 +95,9 @@ class OnnxRuntimeDetector:
             raise ModelError(
                 f"{self.path}: model.half is set but this ONNX model is fp32 (half applies to TorchScript)"
             )
-        self.anchors = dry_run(self, self.path, warmup)
-        log.debug("loaded %s with %s (%s threads)", self.path, self.runtime, threads or "default")
 
-    def infer(self, batch: np.ndarray) -> np.ndarray:
-        x = np.ascontiguousarray(batch, dtype=self.np_dtype)
-        try:
-            out = self._session.run(None, {self._input_name: x})[0]
-        except Exception as exc:  # noqa: BLE001 - ORT raises its own exception types with long text
-            raise forward_error(self.path, batch, self.input_shape, first_line(exc)) from None
-        return np.asarray(out, dtype=np.float32)
-
-    def input_buffer(self, batch: int) -> np.ndarray | None:
-        return None  # ONNX Runtime copies the input into its own memory
+    def _run(self, batch: np.ndarray) -> Any:
+        return self._session.run(None, {self._input_name: batch})[0]
 
 
 def read_session_metadata(session: Any, path: Path) -> ModelInfo:

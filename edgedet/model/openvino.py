@@ -11,7 +11,6 @@ is not safe to use from two threads at once). ``InferRequest.infer`` releases th
 
 from __future__ import annotations
 
-import logging
 import os
 import sys
 import threading
@@ -25,16 +24,12 @@ import yaml
 from edgedet.errors import ModelError, first_line
 from edgedet.model.base import (
     OPENVINO_DIR_SUFFIX,
-    InputLayout,
     ModelInfo,
+    RuntimeDetector,
     check_input_shape,
-    dry_run,
-    forward_error,
     info_from_mapping,
     runtime_message,
 )
-
-log = logging.getLogger(__name__)
 
 METADATA_YAML = "metadata.yaml"
 
@@ -108,31 +103,21 @@ def read_metadata(path: str | os.PathLike[str]) -> ModelInfo:
     return info_from_mapping(meta, meta_path, name)
 
 
-class OpenVinoDetector:
+class OpenVinoDetector(RuntimeDetector):
     """A YOLOv8 OpenVINO IR model on the CPU; ``infer`` may be called from several threads."""
 
     backend = "openvino"
-    input_layout: InputLayout = "nchw"
 
-    def __init__(
-        self,
-        path: str | os.PathLike[str],
-        device: str = "cpu",
-        half: bool | None = None,
-        threads: int | None = None,
-        warmup: int = 1,
-    ) -> None:
+    def _load(self, half: bool | None) -> None:
         ov = import_openvino()
-        self.path = Path(path)
+        threads, device = self.threads, self.device
         if device != "cpu":
             raise ModelError(f"model.device {device}: the openvino backend runs on cpu only; use torchscript for CUDA")
         if half:
             raise ModelError(f"{self.path}: model.half is not supported by the openvino backend (it runs fp32)")
         xml, _ = model_files(self.path)
         self.info = read_metadata(self.path)
-        self.device = device
         self.half = False
-        self.threads = threads
         self.runtime = f"openvino {ov.__version__.split('-')[0]}"
         config: dict[str, Any] = {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_PRECISION_HINT": "f32"}
         if threads is not None:
@@ -157,8 +142,6 @@ class OpenVinoDetector:
             raise ModelError(f"{xml}: OpenVINO cannot compile the model: {runtime_message(exc)}") from None
         self.np_dtype: type[np.floating[Any]] = np.float32
         self._local = threading.local()
-        self.anchors = dry_run(self, self.path, warmup)
-        log.debug("loaded %s with %s (%s threads)", xml, self.runtime, threads or "default")
 
     def _request(self) -> Any:
         request = getattr(self._local, "request", None)
@@ -166,13 +149,8 @@ class OpenVinoDetector:
             request = self._local.request = self._compiled.create_infer_request()
         return request
 
-    def infer(self, batch: np.ndarray) -> np.ndarray:
-        x = np.ascontiguousarray(batch, dtype=self.np_dtype)
-        try:
-            result = self._request().infer({0: x})  # copies the outputs (share_outputs=False)
-        except Exception as exc:  # noqa: BLE001 - OpenVINO raises RuntimeError with multi-line text
-            raise forward_error(self.path, batch, self.input_shape, runtime_message(exc)) from None
-        return np.asarray(result[0], dtype=np.float32)
+    def _run(self, batch: np.ndarray) -> Any:
+        return self._request().infer({0: batch})[0]  # copies the outputs (share_outputs=False)
 
-    def input_buffer(self, batch: int) -> np.ndarray | None:
-        return None  # the InferRequest copies the input into its own tensor
+    def _reason(self, exc: BaseException) -> str:
+        return runtime_message(exc)

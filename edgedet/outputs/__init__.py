@@ -1,2 +1,3 @@
 """The output stage: MQTT topics (``topics.py``), the pure per-frame payload (``payload.py``), the
-publisher with its TLS setup and reconnect (``client.py``), and the on-disk outbox (``outbox.py``)."""
+publisher with its reconnect and retained state (``client.py``), its TLS setup (``tls.py``), the
+on-disk outbox (``outbox.py``) and the thread that replays it (``sender.py``)."""

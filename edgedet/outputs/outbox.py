@@ -34,45 +34,19 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Protocol
 
+from edgedet.config import OutboxConfig
 from edgedet.errors import ConfigError, PublishError
-
-if TYPE_CHECKING:
-    from prometheus_client import Counter, Gauge
+from edgedet.metrics import OUTBOX_DROP_REASONS, Metrics
 
 log = logging.getLogger("edgedet.outbox")
 
 FILENAME = "outbox.sqlite3"
-#: ``edgedet_outbox_dropped_total{reason}`` values, created at 0.
-DROP_REASONS = ("size", "age")
 #: Kinds (the ``MqttPublisher._send`` argument) that never go through the outbox.
 _NEVER_STORED = frozenset({"status", "snapshot"})  # snapshots: retained latest picture, also on disk
 _SCHEMA_VERSION = 1
 # Age expiry needs an index scan; once a second is plenty (max_age_s is hours or days).
 _EXPIRE_EVERY_S = 1.0
-
-
-class OutboxSettings(Protocol):
-    """What the outbox reads from ``config.OutboxConfig``."""
-
-    @property
-    def enabled(self) -> bool: ...
-    @property
-    def mode(self) -> str: ...
-    @property
-    def max_messages(self) -> int: ...
-    @property
-    def max_age_s(self) -> float: ...
-
-
-class OutboxMetrics(Protocol):
-    """The subset of ``metrics.Metrics`` the outbox updates."""
-
-    @property
-    def outbox_messages(self) -> Gauge: ...
-    @property
-    def outbox_dropped(self) -> Counter: ...
 
 
 class OutboxError(PublishError):
@@ -92,7 +66,7 @@ class OutboxMessage:
 
 
 def open_outbox(
-    state_dir: str | os.PathLike[str], cfg: OutboxSettings, metrics: OutboxMetrics | None = None
+    state_dir: str | os.PathLike[str], cfg: OutboxConfig, metrics: Metrics
 ) -> Outbox | None:
     """The outbox at ``<state_dir>/outbox.sqlite3``, or None when ``cfg.enabled`` is false."""
     if not cfg.enabled:
@@ -108,8 +82,8 @@ class Outbox:
         conn: sqlite3.Connection,
         lock_fd: int,
         path: Path,
-        cfg: OutboxSettings,
-        metrics: OutboxMetrics | None,
+        cfg: OutboxConfig,
+        metrics: Metrics,
         clock: Callable[[], float],
     ) -> None:
         self.path = path
@@ -122,11 +96,8 @@ class Outbox:
         self._lock = threading.Lock()
         self._last_expiry = 0.0  # clock() of the last age sweep
         self._warned: set[str] = set()  # drop reasons already logged
-        self._gauge = metrics.outbox_messages if metrics is not None else None
-        self._dropped = (
-            {reason: metrics.outbox_dropped.labels(reason=reason) for reason in DROP_REASONS}
-            if metrics is not None else None
-        )
+        self._gauge = metrics.outbox_messages
+        self._dropped = {reason: metrics.outbox_dropped.labels(reason=reason) for reason in OUTBOX_DROP_REASONS}
         row = conn.execute("SELECT COUNT(*) FROM outbox").fetchone()
         self._count = int(row[0])
         with self._lock:
@@ -139,8 +110,8 @@ class Outbox:
     def open(
         cls,
         path: str | os.PathLike[str],
-        cfg: OutboxSettings,
-        metrics: OutboxMetrics | None = None,
+        cfg: OutboxConfig,
+        metrics: Metrics,
         *,
         clock: Callable[[], float] = time.time,
     ) -> Outbox:
@@ -329,8 +300,7 @@ class Outbox:
             limit = f"max_messages={self.max_messages}" if reason == "size" else f"max_age_s={self.max_age_s:g}"
             log.warning("MQTT outbox: dropping the oldest messages (%s reached); counted in "
                         "edgedet_outbox_dropped_total", limit)
-        if self._dropped is not None:
-            self._dropped[reason].inc(n)
+        self._dropped[reason].inc(n)
 
     def _recount(self) -> int:
         try:
@@ -339,8 +309,7 @@ class Outbox:
             return self._count
 
     def _publish_count(self) -> None:
-        if self._gauge is not None:
-            self._gauge.set(self._count)
+        self._gauge.set(self._count)
 
 
 def _lock_file(path: Path) -> int:

@@ -9,6 +9,7 @@
 | ``<prefix>/<node>/<camera>/snapshot`` | the latest event snapshot (JPEG) | yes |
 | ``<prefix>/<node>/<camera>/<label>/active`` | ``ON`` while an event of that label is active | yes |
 | ``<prefix>/<node>/<camera>/stats`` | fps and latency over the last interval (JSON) | yes |
+| ``<discovery>/<component>/<node>_<entity>/<object>/config`` | a Home Assistant entity (JSON) | yes |
 """
 
 from __future__ import annotations
@@ -66,3 +67,11 @@ class Topics:
     def stats(self, camera: str) -> str:
         _check_name("camera name", camera)
         return f"{self.prefix}/{self.node}/{camera}/stats"
+
+    def discovery(self, discovery_prefix: str, component: str, entity: str, object_id: str) -> str:
+        """Home Assistant's ``<discovery_prefix>/<component>/<node id>/<object id>/config``, with node
+        id ``<node>_<entity>`` (``entity``: a camera, or a camera and a label id)."""
+        _check_name("Home Assistant discovery prefix", discovery_prefix, levels=True)
+        for what, value in (("component", component), ("entity", entity), ("object id", object_id)):
+            _check_name(f"Home Assistant {what}", value)
+        return f"{discovery_prefix}/{component}/{self.node}_{entity}/{object_id}/config"

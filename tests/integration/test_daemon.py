@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import json
 import statistics
-import urllib.error
-import urllib.request
 from pathlib import Path
 
 import jsonschema
 import pytest
 
-from edgedet.outputs.payload import load_schema
+from edgedet.schemas import load_schema
+from tests.brokers import healthz
 from tests.daemoncfg import write_config
 from tests.helpers import (
     Message,
@@ -36,24 +35,12 @@ def detections(messages: MqttSubscriber | list[Message], camera: str) -> list[di
     return [json.loads(m.payload) for m in messages if topic_matches(topic, m.topic)]
 
 
-def healthz(port: int) -> tuple[int, dict]:
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=5) as r:
-            return r.status, json.loads(r.read())
-    except urllib.error.HTTPError as e:
-        return e.code, json.loads(e.read())
-
-
-def test_rtsp_camera_end_to_end(tmp_path: Path, mosquitto, rtsp_server, mqtt_sub):
-    cfg, mport = write_config(
-        tmp_path, {"gate": {"url": rtsp_server.url, "stall_timeout_s": 10}}, mosquitto.port,
-        mqtt={"publish_empty": True},
-    )
-    sub = mqtt_sub(mosquitto, f"edgedet/{NODE}/#")
-    proc = run_daemon(cfg)
+def test_rtsp_camera_end_to_end(mosquitto, rtsp_server, mqtt_sub, start_daemon):
+    proc, sub, mport = start_daemon({"gate": {"url": rtsp_server.url, "stall_timeout_s": 10}},
+                                    mqtt={"publish_empty": True})
     try:
         sub.wait_for(lambda m: len(detections(m, "gate")) >= 20, timeout=120, what="20 detection messages")
-        schema = load_schema()
+        schema = load_schema("detections")
         msgs = detections(sub, "gate")
         for msg in msgs:
             jsonschema.validate(msg, schema)
@@ -89,13 +76,11 @@ def test_rtsp_camera_end_to_end(tmp_path: Path, mosquitto, rtsp_server, mqtt_sub
     assert final.wait_message(f"edgedet/{NODE}/status").payload == b"stopped"
 
 
-def test_sigterm_exits_within_5s(tmp_path: Path, mosquitto, assets, mqtt_sub):
+def test_sigterm_exits_within_5s(assets, start_daemon):
     import signal
     import time
 
-    cfg, _ = write_config(tmp_path, {"clip": {"url": str(assets.clip), "loop": True}}, mosquitto.port)
-    sub = mqtt_sub(mosquitto, f"edgedet/{NODE}/#")
-    proc = run_daemon(cfg)
+    proc, sub, _ = start_daemon({"clip": {"url": str(assets.clip), "loop": True}})
     try:
         sub.wait_message(f"edgedet/{NODE}/clip/detections", timeout=120)
         t0 = time.monotonic()
@@ -109,14 +94,8 @@ def test_sigterm_exits_within_5s(tmp_path: Path, mosquitto, assets, mqtt_sub):
     print(f"SIGTERM -> exit 0 in {elapsed:.2f}s")
 
 
-def test_two_cameras_rtsp_and_looping_file(tmp_path: Path, mosquitto, rtsp_server, assets, mqtt_sub):
-    cfg, _ = write_config(
-        tmp_path,
-        {"live": {"url": rtsp_server.url}, "replay": {"url": str(assets.clip), "loop": True}},
-        mosquitto.port,
-    )
-    sub = mqtt_sub(mosquitto, f"edgedet/{NODE}/#")
-    proc = run_daemon(cfg)
+def test_two_cameras_rtsp_and_looping_file(rtsp_server, assets, start_daemon):
+    proc, sub, _ = start_daemon({"live": {"url": rtsp_server.url}, "replay": {"url": str(assets.clip), "loop": True}})
     try:
         sub.wait_for(
             lambda m: len(detections(m, "live")) >= 5 and len(detections(m, "replay")) >= 5,
@@ -126,7 +105,7 @@ def test_two_cameras_rtsp_and_looping_file(tmp_path: Path, mosquitto, rtsp_serve
         assert stop_daemon(proc, timeout=5) == 0, proc.output()
 
 
-def test_file_is_processed_completely_then_exit_0(tmp_path: Path, mosquitto, assets, mqtt_sub):
+def test_file_is_processed_completely_then_exit_0(tmp_path: Path, assets, start_daemon):
     """realtime: false + loop: false -> back-pressure, no drops, every frame published, exit 0."""
     import cv2
 
@@ -135,12 +114,8 @@ def test_file_is_processed_completely_then_exit_0(tmp_path: Path, mosquitto, ass
     for jpg in sorted(assets.frames.glob("*.jpg"))[:20]:
         writer.write(cv2.imread(str(jpg)))
     writer.release()
-    cfg, _ = write_config(
-        tmp_path, {"file": {"url": str(clip), "realtime": False, "queue_size": 2}}, mosquitto.port,
-        mqtt={"publish_empty": True},
-    )
-    sub = mqtt_sub(mosquitto, f"edgedet/{NODE}/#")
-    proc = run_daemon(cfg)
+    proc, sub, _ = start_daemon({"file": {"url": str(clip), "realtime": False, "queue_size": 2}},
+                                mqtt={"publish_empty": True})
     code = proc.wait(timeout=180)
     assert code == 0, proc.output()
     sub.wait_for(lambda m: len(detections(m, "file")) >= 20, timeout=10, what="all 20 frames")
@@ -150,15 +125,11 @@ def test_file_is_processed_completely_then_exit_0(tmp_path: Path, mosquitto, ass
     assert "all cameras ended; 20 frame(s) processed" in proc.output()
 
 
-def test_newest_frame_policy_bounds_latency(tmp_path: Path, mosquitto, assets, mqtt_sub):
+def test_newest_frame_policy_bounds_latency(assets, start_daemon):
     """A realtime 25 fps source and a model slower than 25 fps: frames are dropped (and counted),
     latency stays bounded by about two inference times instead of growing."""
-    cfg, mport = write_config(
-        tmp_path, {"cam": {"url": str(assets.clip), "loop": True, "realtime": True}}, mosquitto.port,
-        mqtt={"publish_empty": True},
-    )
-    sub = mqtt_sub(mosquitto, f"edgedet/{NODE}/#")
-    proc = run_daemon(cfg)
+    proc, sub, mport = start_daemon({"cam": {"url": str(assets.clip), "loop": True, "realtime": True}},
+                                    mqtt={"publish_empty": True})
     try:
         sub.wait_for(lambda m: len(detections(m, "cam")) >= 40, timeout=180, what="40 messages")
         text = metrics_text(mport)

@@ -8,32 +8,26 @@ from pathlib import Path
 import jsonschema
 import pytest
 
-from edgedet.events import load_schema
-from tests.daemoncfg import write_config
-from tests.helpers import run_daemon
+from edgedet.schemas import load_schema
 
 pytestmark = pytest.mark.integration
 NODE = "testnode"
 
 
-def test_one_new_end_pair_per_appearance(tmp_path: Path, mosquitto, assets, mqtt_sub):
-    cfg, _ = write_config(
-        tmp_path,
+def test_one_new_end_pair_per_appearance(tmp_path: Path, assets, start_daemon):
+    proc, sub, _ = start_daemon(
         {"yard": {"url": str(assets.enter_leave), "realtime": True, "loop": False}},
-        mosquitto.port,
         events={
             "default": {"confirm_frames": 3, "window_frames": 5, "min_score": 0.3, "clear_after_s": 1.5,
                         "update_interval_s": 1},
             "snapshots": {"enabled": True, "keep": 10, "max_mb": 5},
         },
     )
-    sub = mqtt_sub(mosquitto, f"edgedet/{NODE}/#")
-    proc = run_daemon(cfg)
     assert proc.wait(timeout=180) == 0, proc.output()
     sub.wait_for(lambda m: sum(1 for x in m if x.topic.endswith("/events") and b'"end"' in x.payload) >= 2,
                  timeout=10, what="two end events")
     events = [json.loads(m.payload) for m in sub.messages(f"edgedet/{NODE}/yard/events")]
-    schema = load_schema()
+    schema = load_schema("event")
     for e in events:
         jsonschema.validate(e, schema)
     lifecycle = [(e["type"], e["id"]) for e in events if e["type"] != "update"]

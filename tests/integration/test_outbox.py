@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
 import signal
 import sqlite3
 import subprocess
@@ -21,140 +20,69 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-import paho.mqtt.client as mqtt
 import pytest
-from paho.mqtt.enums import CallbackAPIVersion
 from prometheus_client import CollectorRegistry
 
 from edgedet.config import MqttConfig, OutboxConfig
 from edgedet.metrics import Metrics
 from edgedet.outputs.client import MqttPublisher
 from edgedet.outputs.outbox import FILENAME, open_outbox
-from tests.helpers import REPO, free_port, port_open, stop_process, wait_for
+from tests.helpers import REPO, Message, MosquittoBroker, MqttSubscriber, stop_process, wait_for
 
 pytestmark = pytest.mark.integration
 
-MOSQUITTO = Path(shutil.which("mosquitto") or "/usr/sbin/mosquitto")
 DEADLINE_S = 20.0
 OUTAGE_S = 10.5  # the broker outage the scenario asks for (>= 10 s)
 
 
-# --------------------------------------------------------------------------- mosquitto
-
-
-class Broker:
-    """mosquitto with persistence on a fixed free port; ``stop()`` (SIGTERM by PID) / ``start()``
-    keep the port, the subscribers' sessions and their queued messages."""
-
-    def __init__(self, workdir: Path) -> None:
-        if not MOSQUITTO.exists():
-            pytest.skip(f"{MOSQUITTO} not installed (apt-get install mosquitto)")
-        workdir.mkdir(parents=True, exist_ok=True)
-        self.host, self.port = "127.0.0.1", free_port()
-        lines = [
-            f"listener {self.port} {self.host}",
-            "allow_anonymous true",
-            "persistence true",
-            f"persistence_location {workdir}/",
-            # A subscriber that is away gets the whole backlog: mosquitto keeps only 1000 queued
-            # messages per client by default and drops the rest (see the README note).
-            "max_queued_messages 100000",
-            "log_dest stderr",
-        ]
-        if os.geteuid() == 0:
-            lines.append("user root")  # else mosquitto drops to 'mosquitto' and cannot write workdir
-        self.conf = workdir / "mosquitto.conf"
-        self.conf.write_text("\n".join(lines) + "\n")
-        self.log = workdir / "mosquitto.log"
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        assert self.proc is None, "broker already running"
-        with open(self.log, "ab") as log:
-            proc = subprocess.Popen([str(MOSQUITTO), "-c", str(self.conf)], stdout=log, stderr=subprocess.STDOUT)
-        self.proc = proc
-        wait_for(lambda: proc.poll() is not None or port_open(self.host, self.port), 10, "mosquitto to listen")
-        if proc.poll() is not None:
-            self.proc = None
-            pytest.fail(f"mosquitto exited with {proc.returncode}:\n{self.log.read_text()}")
-
-    def stop(self) -> None:
-        """SIGTERM by PID: mosquitto writes its persistence file on the way out."""
-        if self.proc is not None:
-            proc, self.proc = self.proc, None
-            stop_process(proc, timeout=10)
+# --------------------------------------------------------------------------- mosquitto, subscriber
 
 
 @pytest.fixture
-def broker(tmp_path: Path) -> Iterator[Broker]:
-    b = Broker(tmp_path / "mosquitto")
-    b.start()
-    yield b
-    b.stop()
-
-
-# --------------------------------------------------------------------------- subscriber
+def broker(mosquitto_factory: Callable[..., MosquittoBroker]) -> MosquittoBroker:
+    """mosquitto with persistence: ``stop()`` (SIGTERM by PID) / ``start()`` keep the port, the
+    subscribers' sessions and their queued messages."""
+    # A subscriber that is away gets the whole backlog: mosquitto keeps only 1000 queued messages
+    # per client by default and drops the rest (see the README note).
+    return mosquitto_factory(extra_lines=["max_queued_messages 100000"])
 
 
 class SeqSubscriber:
-    """A paho client with a persistent session (fixed id, clean_session=False, QoS 1) recording the
-    ``seq`` of every message on one topic, duplicates included."""
+    """The ``seq`` of every message a subscriber with a persistent session (fixed id,
+    clean_session=False, QoS 1) received on one topic, duplicates included."""
 
-    def __init__(self, broker: Broker, topic: str) -> None:
-        self.topic = topic
-        self.seqs: list[int] = []
-        self._cond = threading.Condition()
-        subscribed = threading.Event()
-        c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"outbox-test-{uuid.uuid4().hex[:8]}",
-                        protocol=mqtt.MQTTv311, clean_session=False)
-        c.on_connect = lambda client, *_: client.subscribe(topic, qos=1)
-        c.on_subscribe = lambda *_: subscribed.set()
-        c.on_message = self._on_message
-        c.reconnect_delay_set(1, 1)
-        c.connect_async(broker.host, broker.port, keepalive=30)
-        c.loop_start()
-        self.client = c
-        if not subscribed.wait(DEADLINE_S):
-            self.close()
-            pytest.fail(f"subscriber could not subscribe to {topic}")
+    def __init__(self, sub: MqttSubscriber) -> None:
+        self._sub = sub
+        self._seqs: list[int] = []  # of the first len(self._seqs) messages, parsed once
 
-    def _on_message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
-        seq = int(json.loads(msg.payload)["seq"])
-        with self._cond:
-            self.seqs.append(seq)
-            self._cond.notify_all()
+    def _parsed(self, messages: list[Message]) -> list[int]:
+        self._seqs.extend(int(json.loads(m.payload)["seq"]) for m in messages[len(self._seqs):])
+        return list(self._seqs)
 
     def wait(self, pred: Callable[[list[int]], bool], timeout: float, what: str) -> None:
-        with self._cond:
-            if not self._cond.wait_for(lambda: pred(self.seqs), timeout):
-                got = first_seen(self.seqs)
-                pytest.fail(f"timed out after {timeout:.0f} s waiting for {what}; "
-                            f"received {len(self.seqs)} ({len(got)} distinct), last {got[-5:]}")
+        try:
+            self._sub.wait_for(lambda messages: pred(self._parsed(messages)), timeout, what)
+        except TimeoutError:
+            seqs = self.snapshot()
+            got = first_seen(seqs)
+            pytest.fail(f"timed out after {timeout:.0f} s waiting for {what}; "
+                        f"received {len(seqs)} ({len(got)} distinct), last {got[-5:]}")
 
     def wait_all(self, expected: range, timeout: float) -> None:
         want = set(expected)
         self.wait(lambda seqs: want.issubset(seqs), timeout, f"seq {expected.start}..{expected.stop - 1}")
 
     def snapshot(self) -> list[int]:
-        with self._cond:
-            return list(self.seqs)
-
-    def close(self) -> None:
-        self.client.disconnect()
-        self.client.loop_stop()
+        return self._parsed(self._sub.messages())
 
 
 @pytest.fixture
-def subscriber() -> Iterator[Callable[[Broker, str], SeqSubscriber]]:
-    subs: list[SeqSubscriber] = []
+def subscriber(mqtt_sub: Callable[..., MqttSubscriber]) -> Callable[[MosquittoBroker, str], SeqSubscriber]:
+    def make(broker: MosquittoBroker, topic: str) -> SeqSubscriber:
+        return SeqSubscriber(mqtt_sub(broker, topic, client_id=f"outbox-test-{uuid.uuid4().hex[:8]}",
+                                      clean_session=False))
 
-    def make(broker: Broker, topic: str) -> SeqSubscriber:
-        subs.append(SeqSubscriber(broker, topic))
-        return subs[-1]
-
-    yield make
-    for sub in subs:
-        sub.close()
+    return make
 
 
 def first_seen(seqs: list[int]) -> list[int]:
@@ -178,7 +106,10 @@ def assert_in_order(seqs: list[int]) -> None:
 
 PUBLISHER = textwrap.dedent(
     """
-    import logging, signal, sys, threading, time, types
+    import logging, signal, sys, threading, time
+    from prometheus_client import CollectorRegistry
+    from edgedet.config import MqttConfig, OutboxConfig
+    from edgedet.metrics import Metrics
     from edgedet.outputs.outbox import open_outbox
     from edgedet.outputs.client import MqttPublisher
     from edgedet.outputs.payload import to_payload
@@ -188,16 +119,16 @@ PUBLISHER = textwrap.dedent(
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(name)s: %(message)s")
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    mqtt_cfg = types.SimpleNamespace(host=host, port=port, client_id=None, username=None, password=None,
-        tls=None, topic_prefix="edgedet", qos=1, keepalive=5, publish_empty=False)
-    box_cfg = types.SimpleNamespace(enabled=True, mode="all", max_messages=100000, max_age_s=3600.0)
-    pub = MqttPublisher(mqtt_cfg, node, ["gate"], outbox=open_outbox(state_dir, box_cfg))
+    mqtt_cfg = MqttConfig(host=host, port=port, keepalive=5)
+    box_cfg = OutboxConfig(max_messages=100000, max_age_s=3600.0)
+    metrics = Metrics(CollectorRegistry())
+    pub = MqttPublisher(mqtt_cfg, node, ["gate"], metrics, outbox=open_outbox(state_dir, box_cfg, metrics))
     pub.start()
     topic = pub.topics.detections("gate")
     items = (Detection("smoke", 0, 0.9, (1.0, 2.0, 30.0, 40.0)),)
     while not stop.wait(0.02):  # pacing: one frame every ~20 ms, like a camera
         dets = Detections("gate", seq, time.monotonic_ns(), time.time(), 640, 480, "test", items)
-        if pub.publish(topic, to_payload(dets, time.time(), 0.0), qos=1, kind="detections"):
+        if pub.publish(topic, to_payload(dets, 0.0), qos=1, kind="detections"):
             print(seq, flush=True)  # accepted: on disk before publish() returned
         seq += 1
     pub.stop()
@@ -208,7 +139,7 @@ PUBLISHER = textwrap.dedent(
 class PublisherProcess:
     """The publisher script as a real process; ``last`` is the last seq it reported as accepted."""
 
-    def __init__(self, broker: Broker, node: str, state_dir: Path, first_seq: int, log: Path) -> None:
+    def __init__(self, broker: MosquittoBroker, node: str, state_dir: Path, first_seq: int, log: Path) -> None:
         env = {**os.environ, "PYTHONPATH": str(REPO)}
         self.log = log
         with open(log, "ab") as err:
@@ -262,7 +193,7 @@ class PublisherProcess:
 def publishers(tmp_path: Path) -> Iterator[Callable[..., PublisherProcess]]:
     procs: list[PublisherProcess] = []
 
-    def make(broker: Broker, node: str, state_dir: Path, first_seq: int = 1) -> PublisherProcess:
+    def make(broker: MosquittoBroker, node: str, state_dir: Path, first_seq: int = 1) -> PublisherProcess:
         procs.append(PublisherProcess(broker, node, state_dir, first_seq, tmp_path / f"publisher-{len(procs)}.log"))
         return procs[-1]
 
@@ -295,7 +226,7 @@ def node() -> str:
 
 @pytest.mark.slow
 def test_nothing_is_lost_across_a_broker_outage(
-    broker: Broker, subscriber: Any, publishers: Any, node: str, tmp_path: Path
+    broker: MosquittoBroker, subscriber: Any, publishers: Any, node: str, tmp_path: Path
 ) -> None:
     topic = f"edgedet/{node}/gate/detections"
     sub = subscriber(broker, topic)
@@ -330,7 +261,7 @@ def test_nothing_is_lost_across_a_broker_outage(
 
 @pytest.mark.slow
 def test_spooled_messages_survive_kill_9_of_the_publisher(
-    broker: Broker, subscriber: Any, publishers: Any, node: str, tmp_path: Path
+    broker: MosquittoBroker, subscriber: Any, publishers: Any, node: str, tmp_path: Path
 ) -> None:
     state = tmp_path / "state"
     topic = f"edgedet/{node}/gate/detections"
@@ -379,7 +310,7 @@ def started() -> Iterator[list[MqttPublisher]]:
 
 
 def test_a_backlog_larger_than_the_window_is_not_overtaken_by_live_messages(
-    broker: Broker, subscriber: Any, started: list[MqttPublisher], node: str, tmp_path: Path
+    broker: MosquittoBroker, subscriber: Any, started: list[MqttPublisher], node: str, tmp_path: Path
 ) -> None:
     metrics = Metrics(CollectorRegistry())
     topic = f"edgedet/{node}/gate/events"
@@ -405,7 +336,7 @@ def test_a_backlog_larger_than_the_window_is_not_overtaken_by_live_messages(
 
 
 def test_status_is_never_stored_and_events_only_skips_detections(
-    broker: Broker, subscriber: Any, started: list[MqttPublisher], node: str, tmp_path: Path
+    broker: MosquittoBroker, subscriber: Any, started: list[MqttPublisher], node: str, tmp_path: Path
 ) -> None:
     metrics = Metrics(CollectorRegistry())
     events = subscriber(broker, f"edgedet/{node}/gate/events")
@@ -428,13 +359,15 @@ def test_status_is_never_stored_and_events_only_skips_detections(
 
 
 def test_unsent_messages_stay_on_disk_after_stop(
-    broker: Broker, subscriber: Any, node: str, tmp_path: Path
+    broker: MosquittoBroker, subscriber: Any, node: str, tmp_path: Path
 ) -> None:
     state = tmp_path / "state"
     topic = f"edgedet/{node}/gate/events"
     sub = subscriber(broker, topic)
     broker.stop()
-    pub = MqttPublisher(MqttCfg(broker.host, broker.port), node, ["gate"], outbox=open_outbox(state, BoxCfg()))
+    metrics = Metrics(CollectorRegistry())
+    pub = MqttPublisher(MqttCfg(broker.host, broker.port), node, ["gate"], metrics,
+                        outbox=open_outbox(state, BoxCfg(), metrics))
     pub.start()
     for seq in range(5):
         pub.publish(topic, json.dumps({"seq": seq}), qos=1, kind="events")
@@ -442,7 +375,9 @@ def test_unsent_messages_stay_on_disk_after_stop(
     assert outbox_rows(state) == 5
 
     broker.start()
-    again = MqttPublisher(MqttCfg(broker.host, broker.port), node, ["gate"], outbox=open_outbox(state, BoxCfg()))
+    metrics = Metrics(CollectorRegistry())
+    again = MqttPublisher(MqttCfg(broker.host, broker.port), node, ["gate"], metrics,
+                          outbox=open_outbox(state, BoxCfg(), metrics))
     again.start()
     try:
         sub.wait_all(range(5), DEADLINE_S)

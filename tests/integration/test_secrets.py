@@ -25,7 +25,6 @@ import pytest
 import yaml
 
 from tests.brokers import (
-    SecureSubscriber,
     auth_lines,
     healthz,
     password_file,
@@ -37,6 +36,7 @@ from tests.helpers import (
     DaemonProcess,
     Message,
     MosquittoBroker,
+    MqttSubscriber,
     free_port,
     metrics_text,
     stop_daemon,
@@ -109,10 +109,10 @@ def outputs(tmp_path_factory: pytest.TempPathFactory, assets: Any) -> Iterator[O
     broker = MosquittoBroker(folder / "mosquitto",
                              extra_lines=auth_lines(password_file(folder, {MQTT_USER: MQTT_PASSWORD})))
     broker.start()
-    sub: SecureSubscriber | None = None
+    sub: MqttSubscriber | None = None
     proc: DaemonProcess | None = None
     try:
-        sub = SecureSubscriber(broker, "#", username=MQTT_USER, password=MQTT_PASSWORD)
+        sub = MqttSubscriber(broker, "#", username=MQTT_USER, password=MQTT_PASSWORD)
         metrics_port = free_port()
         cfg = folder / "edgedet.yaml"
         cfg.write_text(yaml.safe_dump({

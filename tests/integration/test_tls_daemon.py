@@ -5,7 +5,7 @@ clear log line; the daemon keeps running (and retrying) and still exits 0 on SIG
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +13,6 @@ import pytest
 
 from tests.brokers import (
     Pki,
-    SecureSubscriber,
     auth_lines,
     down_camera,
     make_pki,
@@ -45,20 +44,6 @@ def tls_broker(tmp_path: Path, pki: Pki, mosquitto_factory: Callable[..., Mosqui
     return mosquitto_factory(extra_lines=[*tls_lines(pki), *auth_lines(passwords)])
 
 
-@pytest.fixture
-def secure_sub() -> Iterator[Callable[..., SecureSubscriber]]:
-    subs: list[SecureSubscriber] = []
-
-    def make(broker: MosquittoBroker, topic_filter: str = "#", **kwargs: Any) -> SecureSubscriber:
-        sub = SecureSubscriber(broker, topic_filter, **kwargs)
-        subs.append(sub)
-        return sub
-
-    yield make
-    for sub in subs:
-        sub.stop()
-
-
 def _on(topic: str, messages: list[Message]) -> list[Message]:
     return [m for m in messages if topic_matches(topic, m.topic)]
 
@@ -72,8 +57,8 @@ def _at_least(n: int, topic: str) -> Callable[[list[Message]], list[Message] | N
 
 
 def test_detections_arrive_over_tls_with_password(tmp_path: Path, assets: Any, pki: Pki,
-                                                  tls_broker: MosquittoBroker, secure_sub: Any) -> None:
-    sub = secure_sub(tls_broker, f"edgedet/{NODE}/#", username=USER, password=PASSWORD, ca=pki.ca)
+                                                  tls_broker: MosquittoBroker, mqtt_sub: Any) -> None:
+    sub = mqtt_sub(tls_broker, f"edgedet/{NODE}/#", username=USER, password=PASSWORD, ca=pki.ca)
     cfg, _ = write_config(
         tmp_path, {"gate": {"url": str(assets.clip), "loop": True, "fps_limit": 5}}, tls_broker.port,
         mqtt={"username": USER, "password": PASSWORD, "tls": {"ca": str(pki.ca)}, "publish_empty": True},
@@ -127,12 +112,12 @@ def test_untrusted_ca_says_certificate_verify_failed_and_keeps_running(tmp_path:
     assert "connected to MQTT broker" not in proc.stderr_text()
 
 
-def test_client_certificate_listener(tmp_path: Path, pki: Pki, secure_sub: Any,
+def test_client_certificate_listener(tmp_path: Path, pki: Pki, mqtt_sub: Any,
                                      mosquitto_factory: Callable[..., MosquittoBroker]) -> None:
     passwords = password_file(tmp_path, {USER: PASSWORD})
     broker = mosquitto_factory(extra_lines=[*tls_lines(pki, require_certificate=True), *auth_lines(passwords)])
     client = {"ca": pki.ca, "cert": pki.client_cert, "key": pki.client_key}
-    sub = secure_sub(broker, f"edgedet/{NODE}/status", username=USER, password=PASSWORD, **client)
+    sub = mqtt_sub(broker, f"edgedet/{NODE}/status", username=USER, password=PASSWORD, **client)
     cfg, _ = write_config(tmp_path, down_camera(), broker.port, workers=ONE_THREAD,
                           mqtt={"username": USER, "password": PASSWORD,
                                 "tls": {key: str(value) for key, value in client.items()}})

@@ -16,13 +16,8 @@ import numpy as np
 import pytest
 from prometheus_client import CollectorRegistry
 
-from edgedet.capture.worker import (
-    FROZEN_MAX_DIFF,
-    CaptureWorker,
-    FrameSource,
-    OpenCvSource,
-    thumbnail,
-)
+from edgedet.capture.source import FrameSource, OpenCvSource
+from edgedet.capture.worker import FROZEN_MAX_DIFF, CaptureWorker, thumbnail
 from edgedet.errors import CaptureError
 from edgedet.framequeue import CameraQueue, FrameHub
 from edgedet.metrics import Metrics
@@ -137,6 +132,7 @@ class FakeSource:
         self.grabs = 0
         self.opened = False
         self.closed = False
+        self.read_timeout_s: float | None = None  # as OpenCvSource has
 
     @property
     def fps(self) -> float | None:
@@ -542,7 +538,7 @@ def test_failed_live_grab_is_a_stall_when_it_timed_out(
     def make() -> FakeSource:
         source = FakeSource(frames=2, on_end=lambda: setattr(clock, "now", clock.now + silent_s))
         if read_timeout_s is not None:
-            source.read_timeout_s = read_timeout_s  # type: ignore[attr-defined]  # as OpenCvSource has
+            source.read_timeout_s = read_timeout_s
         return source
 
     hub = FrameHub(stop, metrics)
@@ -738,8 +734,8 @@ def test_thumbnail_sees_through_reencoding_noise_but_not_a_change() -> None:
 @pytest.mark.parametrize("frozen_after_s", [0.0, -1.0])
 def test_frozen_after_s_must_be_positive(stop: threading.Event, frozen_after_s: float) -> None:
     with pytest.raises(ValueError, match=r"frozen_after_s must be > 0 or None \(got "):
-        queue = FrameHub(stop, None).add_camera(CAM)
-        CaptureWorker(CAM, Script(FakeSource), queue, stop, None, frozen_after_s=frozen_after_s)
+        queue = FrameHub(stop, Metrics(CollectorRegistry())).add_camera(CAM)
+        CaptureWorker(CAM, Script(FakeSource), queue, stop, Metrics(CollectorRegistry()), frozen_after_s=frozen_after_s)
 
 
 # ----------------------------------------------------------------------------- OpenCvSource
@@ -957,7 +953,7 @@ def test_rtsp_transport_reaches_ffmpeg(transport: str, expected: str) -> None:
 
 QUIET_SCRIPT = """
 import sys
-from edgedet.capture.worker import OpenCvSource
+from edgedet.capture.source import OpenCvSource
 from edgedet.errors import CaptureError
 for _ in range(3):
     try:

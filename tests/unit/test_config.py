@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 import socket
@@ -21,6 +22,8 @@ from edgedet.config import (
     load_config,
     parse_config,
 )
+from edgedet.config.builder import Section, YamlValue, build_section
+from edgedet.config.problems import INVALID, Ctx, Mismatch, PathT
 from edgedet.errors import ConfigError
 from edgedet.redact import mask_url, redact
 
@@ -930,3 +933,58 @@ def test_url_query_secrets_are_scrubbed_from_logs() -> None:
     from edgedet.redact import url_secrets
 
     assert sorted(url_secrets("rtsp://u:pw@cam/x?token=tk&key=k2&ch=1")) == ["k2", "pw", "tk"]
+
+
+# --------------------------------------------------------------------------- the generic builder
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class _Span(YamlValue):
+    """A value type the builder has never heard of: ``"low..high"``."""
+
+    low: int
+    high: int
+
+    @classmethod
+    def from_yaml(cls, value: object, path: PathT, ctx: Ctx) -> object:
+        if not isinstance(value, str) or ".." not in value:
+            raise Mismatch("a span 'low..high'", value)
+        low, high = value.split("..", 1)
+        return cls(int(low), int(high))
+
+    def to_plain(self) -> str:
+        return f"{self.low}..{self.high}"
+
+
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True, repr=False)
+class _Toy(Section):
+    """A section the builder has never heard of, with a value type and a finish hook."""
+
+    spans: dict[str, _Span] = dataclasses.field(default_factory=dict)
+    total: int = 0
+
+    def finish(self, ctx: Ctx, path: PathT) -> object:
+        if not self.spans:
+            ctx.add((*path, "spans"), "needs a span")
+            return INVALID
+        return dataclasses.replace(self, total=sum(s.high - s.low for s in self.spans.values()))
+
+
+def test_builder_uses_the_hooks_of_any_section_and_value_type() -> None:
+    ctx = Ctx(name="toy.yaml", base_dir=None, check_files=False)
+    toy = build_section(_Toy, {"spans": {"a": "1..4", "b": "2..3"}}, (), ctx)
+    assert ctx.problems == []
+    assert toy.total == 4 and toy.spans["a"] == _Span(1, 4)
+    assert toy.to_dict() == {"spans": {"a": "1..4", "b": "2..3"}, "total": 4}
+
+    ctx = Ctx(name="toy.yaml", base_dir=None, check_files=False)
+    assert build_section(_Toy, {"spans": {"a": 5, "b/c": "1..2"}, "totl": 1}, (), ctx) is INVALID
+    assert ctx.rendered() == [
+        "toy.yaml:1: totl: unknown key 'totl' (did you mean 'total'?)",
+        "toy.yaml:1: spans.a: expected a span 'low..high' (got 5)",
+        "toy.yaml:1: spans.b/c: bad name: use only letters, digits, '_' and '-' (it is an MQTT topic level)",
+    ]
+
+    ctx = Ctx(name="toy.yaml", base_dir=None, check_files=False)
+    assert build_section(_Toy, {}, ("toy",), ctx) is INVALID
+    assert ctx.rendered() == ["toy.yaml:1: toy.spans: needs a span"]

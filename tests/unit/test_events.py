@@ -12,19 +12,17 @@ import cv2
 import jsonschema
 import numpy as np
 import pytest
+from prometheus_client import CollectorRegistry
 
 from edgedet.config import EventThresholds, Polygon, parse_config
-from edgedet.events import (
-    EventMessage,
-    EventRules,
-    EventTracker,
-    SnapshotStore,
-    Zone,
-    active_payload,
-    box_iou,
-    load_schema,
-    zones_from_config,
-)
+from edgedet.events.messages import EventMessage, active_payload
+from edgedet.events.snapshots import SnapshotStore
+from edgedet.events.stage import EventStage
+from edgedet.events.tracker import EventRules, EventTracker
+from edgedet.events.zones import Zone, box_iou, zones_from_config
+from edgedet.metrics import Metrics
+from edgedet.outputs.topics import Topics
+from edgedet.schemas import load_schema
 from edgedet.types import Detection, Detections
 
 W, H = 64, 48
@@ -372,8 +370,8 @@ def test_json_payload_fields_exactly() -> None:
     payload = json.loads(end.to_json())
     assert (payload["type"], payload["end_time"]) == ("end", "2023-11-14T22:13:22.000Z")
     assert b"snapshot_jpeg" not in end.to_json()
-    validator = jsonschema.Draft202012Validator(load_schema())
-    jsonschema.Draft202012Validator.check_schema(load_schema())
+    validator = jsonschema.Draft202012Validator(load_schema("event"))
+    jsonschema.Draft202012Validator.check_schema(load_schema("event"))
     for msg in (new, end):
         validator.validate(json.loads(msg.to_json()))
 
@@ -470,9 +468,55 @@ def test_unwritable_snapshot_directory_still_returns_the_jpeg(tmp_path: Path) ->
 
 def test_snapshot_store_from_config(tmp_path: Path) -> None:
     base = f"cameras: {{c: {{url: 0}}}}\nmodel: {{path: m}}\nstate_dir: {tmp_path}\n"
-    store = SnapshotStore.from_config(parse_config(base, check_files=False))
+    cfg = parse_config(base, check_files=False)
+    store = SnapshotStore.from_config(cfg.events.snapshots, cfg.state_dir)
     assert store is not None and store.directory == tmp_path / "snapshots" and store.keep == 200
-    off = base + "events: {snapshots: {enabled: false}}\n"
-    assert SnapshotStore.from_config(parse_config(off, check_files=False)) is None
-    tracker = EventTracker.from_config("c", parse_config(base, check_files=False), store)
+    off = parse_config(base + "events: {snapshots: {enabled: false}}\n", check_files=False)
+    assert SnapshotStore.from_config(off.events.snapshots, off.state_dir) is None
+    tracker = EventTracker.from_config("c", cfg.cameras["c"], cfg.events, store)
     assert tracker.camera == "c" and tracker.zones == ()
+
+
+# --------------------------------------------------------------------------- the daemon stage
+
+
+class FakeMqtt:
+    """Records what EventStage publishes (the two MqttPublisher methods it uses)."""
+
+    def __init__(self) -> None:
+        self.sent: list[tuple[str, bytes | str, bool]] = []
+
+    def publish(self, topic: str, payload: bytes | str, qos: int = 0, retain: bool = False,
+                kind: str = "other") -> bool:
+        self.sent.append((topic, payload, retain))
+        return True
+
+    def set_retained(self, topic: str, payload: bytes | str | None) -> None:
+        assert payload is not None
+        self.sent.append((topic, payload, True))
+
+
+def test_stage_publishes_through_topics_and_counts_in_metrics(tmp_path: Path) -> None:
+    cfg = parse_config(f"cameras: {{ridge: {{url: 0}}, gone: {{url: 1}}}}\nmodel: {{path: m}}\nstate_dir: {tmp_path}\n"
+                       "events: {default: {confirm_frames: 1, window_frames: 1}}\n", check_files=False)
+    mqtt, metrics = FakeMqtt(), Metrics(CollectorRegistry())
+    stage = EventStage.from_config(cfg.events, cfg.cameras, cfg.state_dir, mqtt, Topics("site/edgedet", "n1"),
+                                   metrics)
+    assert stage is not None and sorted(stage.trackers) == ["gone", "ridge"]
+    stage.on_frame(Detections("ridge", 0, 0, T0, W, H, "m", (det(), det("a/b"))), noise(1))
+    topics = [(t, retain) for t, _, retain in mqtt.sent]
+    assert topics == [  # label 'a/b' (first: labels go in order) cannot be a topic level: no active topic
+        ("site/edgedet/n1/ridge/events", False), ("site/edgedet/n1/ridge/snapshot", True),
+        ("site/edgedet/n1/ridge/events", False), ("site/edgedet/n1/ridge/snapshot", True),
+        ("site/edgedet/n1/ridge/smoke/active", True),
+    ]
+    assert metrics.registry.get_sample_value(
+        "edgedet_events_total", {"camera": "ridge", "label": "smoke", "type": "new"}) == 1
+    assert metrics.registry.get_sample_value("edgedet_events_active", {"camera": "ridge", "label": "smoke"}) == 1
+    mqtt.sent.clear()
+    stage.reconfigure(cfg.events, {"ridge": cfg.cameras["ridge"]}, cfg.state_dir)  # camera 'gone' removed
+    assert sorted(stage.trackers) == ["ridge"] and mqtt.sent == []
+    stage.close()
+    assert [(t, p) for t, p, _ in mqtt.sent if t.endswith("/active")] == [("site/edgedet/n1/ridge/smoke/active", "OFF")]
+    off = parse_config("cameras: {c: {url: 0}}\nmodel: {path: m}\nevents: {enabled: false}\n", check_files=False)
+    assert EventStage.from_config(off.events, off.cameras, tmp_path, mqtt, Topics("e", "n"), metrics) is None

@@ -103,7 +103,7 @@ def test_backpressure_blocks_then_proceeds_without_dropping(
 
 
 def test_round_robin_flooded_camera_does_not_starve_others(stop: threading.Event) -> None:
-    hub = FrameHub(stop)
+    hub = FrameHub(stop, Metrics(CollectorRegistry()))
     a = hub.add_camera("a", maxsize=5)
     b = hub.add_camera("b", maxsize=5)
     hub.add_camera("c", maxsize=5)  # stalled: never has a frame
@@ -115,7 +115,7 @@ def test_round_robin_flooded_camera_does_not_starve_others(stop: threading.Event
 
 
 def test_round_robin_under_concurrent_flood(stop: threading.Event) -> None:
-    hub = FrameHub(stop)
+    hub = FrameHub(stop, Metrics(CollectorRegistry()))
     flood = hub.add_camera("flood", maxsize=1)
     quiet = [hub.add_camera(name, maxsize=1) for name in ("q1", "q2")]
     flooding = threading.Event()
@@ -146,7 +146,7 @@ def test_round_robin_under_concurrent_flood(stop: threading.Event) -> None:
 
 
 def test_backpressure_many_producers_and_consumers_deliver_everything_in_order(stop: threading.Event) -> None:
-    hub = FrameHub(stop)
+    hub = FrameHub(stop, Metrics(CollectorRegistry()))
     n = 200
     queues = [hub.add_camera(name, maxsize=2, backpressure=True) for name in ("a", "b")]
     received: list[tuple[str, int]] = []
@@ -178,7 +178,7 @@ def test_backpressure_many_producers_and_consumers_deliver_everything_in_order(s
 
 
 def test_close_delivers_queued_frames_then_ended(stop: threading.Event) -> None:
-    hub = FrameHub(stop)
+    hub = FrameHub(stop, Metrics(CollectorRegistry()))
     a = hub.add_camera("a", maxsize=2)
     b = hub.add_camera("b", maxsize=2)
     a.put(frame("a", 0))
@@ -195,7 +195,7 @@ def test_close_delivers_queued_frames_then_ended(stop: threading.Event) -> None:
 
 
 def test_get_times_out(stop: threading.Event) -> None:
-    hub = FrameHub(stop)
+    hub = FrameHub(stop, Metrics(CollectorRegistry()))
     hub.add_camera("a")
     started = time.monotonic()
     assert hub.get(timeout=0.1) is None
@@ -204,7 +204,7 @@ def test_get_times_out(stop: threading.Event) -> None:
 
 @pytest.mark.parametrize("how", ["stop", "close"])
 def test_stop_or_close_wakes_blocked_get(stop: threading.Event, how: str) -> None:
-    hub = FrameHub(stop)
+    hub = FrameHub(stop, Metrics(CollectorRegistry()))
     hub.add_camera("a")
     getter = Runner(lambda: hub.get(timeout=60))
     assert not getter.done.wait(0.1)
@@ -221,7 +221,7 @@ def test_stop_or_close_wakes_blocked_get(stop: threading.Event, how: str) -> Non
 
 @pytest.mark.parametrize("how", ["stop", "close_hub", "close_queue"])
 def test_stop_or_close_wakes_blocked_put(stop: threading.Event, how: str) -> None:
-    hub = FrameHub(stop)
+    hub = FrameHub(stop, Metrics(CollectorRegistry()))
     queue = hub.add_camera("a", maxsize=1, backpressure=True)
     queue.put(frame("a", 0))
     putter = Runner(lambda: queue.put(frame("a", 1)))
@@ -238,7 +238,7 @@ def test_stop_or_close_wakes_blocked_put(stop: threading.Event, how: str) -> Non
 
 
 def test_errors(stop: threading.Event) -> None:
-    hub = FrameHub(stop)
+    hub = FrameHub(stop, Metrics(CollectorRegistry()))
     queue = hub.add_camera("gate")
     with pytest.raises(ValueError, match="maxsize must be >= 1"):
         hub.add_camera("other", maxsize=0)
@@ -284,7 +284,7 @@ def test_stale_frame_is_replaced_by_the_next_one():
 
 def test_stale_frame_is_used_when_no_newer_one_comes():
     stop = threading.Event()
-    hub = FrameHub(stop)
+    hub = FrameHub(stop, Metrics(CollectorRegistry()))
     q = hub.add_camera("cam", maxsize=1)
     _prime_period(q, "cam")
     hub.get(timeout=1)
@@ -295,7 +295,7 @@ def test_stale_frame_is_used_when_no_newer_one_comes():
 def test_fresh_policy_never_idles_while_another_camera_waits():
     """With camera b's frame waiting, a's stale frame is served as it is (no wait for a newer one)."""
     stop = threading.Event()
-    hub = FrameHub(stop)
+    hub = FrameHub(stop, Metrics(CollectorRegistry()))
     a = hub.add_camera("a", maxsize=1)
     b = hub.add_camera("b", maxsize=1)
     _prime_period(a, "a")
@@ -312,7 +312,7 @@ def test_fresh_policy_never_idles_while_another_camera_waits():
 @pytest.mark.parametrize(("maxsize", "backpressure"), [(1, True), (2, False)])
 def test_fresh_policy_only_for_live_newest_frame_queues(maxsize, backpressure):
     stop = threading.Event()
-    hub = FrameHub(stop)
+    hub = FrameHub(stop, Metrics(CollectorRegistry()))
     q = hub.add_camera("cam", maxsize=maxsize, backpressure=backpressure)
     _prime_period(q, "cam", n=maxsize + 1 if backpressure is False else 1)
     while len(q):

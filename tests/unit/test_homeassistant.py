@@ -24,6 +24,7 @@ from edgedet.homeassistant import (
     label_ids,
     stats_payload,
 )
+from edgedet.outputs.topics import Topics
 from edgedet.reload import plan
 
 # --------------------------------------------------------------------------- HA's documented schema
@@ -154,7 +155,9 @@ ABBREVIATIONS = {"stat_t", "uniq_id", "dev", "o", "avty", "avty_t", "pl_on", "pl
 
 def configs(**kwargs: Any) -> list[DiscoveryConfig]:
     args: dict[str, Any] = {"node": "dock", "topic_prefix": "edgedet", "cameras": ["gate"], "labels": ["Normal"]}
-    return discovery_configs(**{**args, **kwargs})
+    args.update(kwargs)
+    topics = Topics(args.pop("topic_prefix"), args.pop("node"))
+    return discovery_configs(topics=topics, **args)
 
 
 CASES = {
@@ -364,7 +367,7 @@ class Clock:
 
 def test_camera_stats_publish_every_interval() -> None:
     pub, clock = FakePublisher(), Clock()
-    stats = CameraStats(pub, "edgedet/dock", interval_s=10.0, clock=clock)
+    stats = CameraStats(pub, Topics("edgedet", "dock"), interval_s=10.0, clock=clock)
     stats.set_cameras(["a", "b"])
     for _ in range(20):
         stats.observe("a", 0.2)
@@ -389,7 +392,7 @@ def test_camera_stats_publish_every_interval() -> None:
 
 def test_camera_stats_bound_their_samples() -> None:
     pub, clock = FakePublisher(), Clock()
-    stats = CameraStats(pub, "x/n", interval_s=1.0, clock=clock)
+    stats = CameraStats(pub, Topics("x", "n"), interval_s=1.0, clock=clock)
     stats.set_cameras(["a"])
     for _ in range(MAX_SAMPLES + 5):
         stats.observe("a", 0.01)
@@ -401,7 +404,7 @@ def test_camera_stats_bound_their_samples() -> None:
 
 def test_camera_stats_reject_a_bad_interval() -> None:
     with pytest.raises(ValueError, match="interval_s must be > 0"):
-        CameraStats(FakePublisher(), "x/n", interval_s=0)
+        CameraStats(FakePublisher(), Topics("x", "n"), interval_s=0)
 
 
 # --------------------------------------------------------------------------- config and reloads
@@ -414,6 +417,11 @@ def make_config(tmp_path: Path, extra: str = "", cameras: tuple[str, ...] = ("ga
 
 
 ON = "homeassistant:\n  discovery: true\n"
+
+
+def configure(ha: HomeAssistant, cfg: Config, cameras: list[str], names: tuple[str, ...] | None = None) -> None:
+    """As the daemon does at start and after every reload."""
+    ha.configure(cfg.homeassistant, cameras, names, classes=cfg.model.classes, events_enabled=cfg.events.enabled)
 
 
 def test_config_section_defaults_and_errors(tmp_path: Path) -> None:
@@ -437,33 +445,33 @@ def test_reload_plan_reports_a_discovery_change(tmp_path: Path) -> None:
 
 def test_discovery_off_publishes_nothing(tmp_path: Path) -> None:
     pub = FakePublisher()
-    ha = HomeAssistant(pub, "dock", "edgedet", clock=Clock())
-    ha.configure(make_config(tmp_path), ["gate"], ("Normal", "Fall"))
+    ha = HomeAssistant(pub, Topics("edgedet", "dock"), clock=Clock())
+    configure(ha, make_config(tmp_path), ["gate"], ("Normal", "Fall"))
     ha.observe("gate", 0.1)
     assert pub.calls == [] and ha.topics == [] and ha.stats.cameras == []
 
 
 def test_configure_follows_reloads(tmp_path: Path) -> None:
     pub = FakePublisher()
-    ha = HomeAssistant(pub, "dock", "edgedet", clock=Clock(), version="1.2.3")
+    ha = HomeAssistant(pub, Topics("edgedet", "dock"), clock=Clock(), version="1.2.3")
     one = make_config(tmp_path, ON)
-    ha.configure(one, ["gate"], ("Normal", "Fall"))
+    configure(ha, one, ["gate"], ("Normal", "Fall"))
     first = pub.take()
     configs_sent = {t: json.loads(p) for t, p in first if t.endswith("/config") and p is not None}
     assert len(configs_sent) == 6 and all(c["device"]["sw_version"] == "1.2.3" for c in configs_sent.values())
     states = [(t, p) for t, p in first if not t.endswith("/config")]
     assert states == [("edgedet/dock/gate/Normal/active", "OFF"), ("edgedet/dock/gate/Fall/active", "OFF")]
 
-    ha.configure(one, ["gate"])  # nothing changed: nothing sent
+    configure(ha, one, ["gate"])  # nothing changed: nothing sent
     assert pub.take() == []
 
     two = make_config(tmp_path, ON, cameras=("gate", "yard"))
-    ha.configure(two, ["gate", "yard"])
+    configure(ha, two, ["gate", "yard"])
     sent = pub.take()
     assert all("/dock_yard" in t or t.startswith("edgedet/dock/yard/") for t, _ in sent)
     assert ("edgedet/dock/yard/Fall/active", "OFF") in sent and len(sent) == 8
 
-    ha.configure(make_config(tmp_path, ON, cameras=("yard",)), ["yard"])  # gate removed
+    configure(ha, make_config(tmp_path, ON, cameras=("yard",)), ["yard"])  # gate removed
     sent = pub.take()
     assert {p for _, p in sent} == {None}
     assert {t for t, _ in sent} == {t for t in configs_sent} | {"edgedet/dock/gate/stats"}
@@ -471,7 +479,7 @@ def test_configure_follows_reloads(tmp_path: Path) -> None:
     limited = parse_config(
         "node_id: dock\ncameras:\n  yard:\n    url: rtsp://cam.local/yard\nmodel:\n  path: m.torchscript\n"
         "  classes: [Fall]\nhomeassistant: {discovery: true, prefix: ha}\n", "c.yaml", tmp_path, check_files=False)
-    ha.configure(limited, ["yard"], ("Normal", "Fall"))  # new prefix, one label left
+    configure(ha, limited, ["yard"], ("Normal", "Fall"))  # new prefix, one label left
     sent = pub.take()
     cleared = [t for t, p in sent if p is None]
     published = [t for t, p in sent if p is not None]
@@ -482,7 +490,7 @@ def test_configure_follows_reloads(tmp_path: Path) -> None:
         "ha/sensor/dock_yard/latency_p95/config",
     ]
 
-    ha.configure(make_config(tmp_path, cameras=("yard",)), ["yard"])  # discovery switched off
+    configure(ha, make_config(tmp_path, cameras=("yard",)), ["yard"])  # discovery switched off
     sent = pub.take()
     assert {p for _, p in sent} == {None} and len(sent) == 6  # 5 configs + the stats topic
     assert not any(t.endswith("/config") for t in pub.retained)

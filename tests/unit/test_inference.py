@@ -26,12 +26,20 @@ class FakeDetector:
 
     info = INFO
     device = "cpu"
+    backend = "fake"
+    runtime = "numpy"
+    input_shape = (1, 3, 64, 64)
     np_dtype = np.float32
+    input_layout = "nchw"
+    anchors = 4
 
     def __init__(self, fail_on_call: int | None = None) -> None:
         self.calls = 0
         self.batch_sizes: list[int] = []
         self.fail_on_call = fail_on_call
+
+    def input_buffer(self, batch: int) -> np.ndarray | None:
+        return None
 
     def infer(self, batch: np.ndarray) -> np.ndarray:
         self.calls += 1
@@ -94,9 +102,10 @@ def test_workers_process_every_frame_and_rescale():
 
 def test_crashing_worker_sets_stop_and_records_error():
     stop = threading.Event()
-    hub = FrameHub(stop)
+    hub = FrameHub(stop, Metrics(CollectorRegistry()))
     q = hub.add_camera("cam", maxsize=2)
-    worker = InferenceWorker(0, hub, FakeDetector(fail_on_call=1), stop, lambda d, f: None)
+    worker = InferenceWorker(0, hub, FakeDetector(fail_on_call=1), stop, lambda d, f: None,
+                             Metrics(CollectorRegistry()))
     worker.start()
     q.put(frame("cam", 0))
     assert stop.wait(5), "a crashed worker must set the stop event"
@@ -109,7 +118,7 @@ def test_micro_batching_gathers_frames_from_several_cameras():
     """batch_size 4: frames waiting in three cameras' queues go through one forward, and each
     result keeps its own camera, seq and image (slot order is preserved)."""
     stop = threading.Event()
-    hub = FrameHub(stop)
+    hub = FrameHub(stop, Metrics(CollectorRegistry()))
     queues = {name: hub.add_camera(name, maxsize=1) for name in ("a", "b", "c")}
     for i, (name, q) in enumerate(queues.items()):
         image = np.full((128, 128, 3), 100 + 50 * i, np.uint8)  # distinct brightness per camera
@@ -117,7 +126,8 @@ def test_micro_batching_gathers_frames_from_several_cameras():
         q.close()
     results: list[Detections] = []
     detector = FakeDetector()
-    worker = InferenceWorker(0, hub, detector, stop, lambda d, f: results.append(d), batch_size=4,
+    worker = InferenceWorker(0, hub, detector, stop, lambda d, f: results.append(d), Metrics(CollectorRegistry()),
+                             batch_size=4,
                              batch_timeout_s=0.5)
     worker.start()
     worker.join(5)

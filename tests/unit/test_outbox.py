@@ -10,7 +10,6 @@ import subprocess
 import sys
 import textwrap
 import threading
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -23,14 +22,6 @@ from edgedet.outputs.outbox import FILENAME, Outbox, OutboxError, open_outbox
 
 REPO = Path(__file__).resolve().parents[2]
 DAY = 24 * 3600.0
-
-
-@dataclass(frozen=True)
-class Cfg:
-    enabled: bool = True
-    mode: str = "all"
-    max_messages: int = 100_000
-    max_age_s: float = 7 * DAY
 
 
 class Clock:
@@ -64,8 +55,8 @@ def topics(box: Outbox, after: int = 0, limit: int = 1000) -> list[str]:
 # --------------------------------------------------------------------------- store / ack / replay
 
 
-def test_messages_come_back_in_insertion_order_and_go_once_acknowledged(path: Path) -> None:
-    with Outbox.open(path, Cfg()) as box:
+def test_messages_come_back_in_insertion_order_and_go_once_acknowledged(path: Path, metrics: Metrics) -> None:
+    with Outbox.open(path, OutboxConfig(), metrics) as box:
         ids = [box.add(f"t/{i}", f"payload {i}", 1) for i in range(5)]
         assert ids == sorted(ids) and len(set(ids)) == 5
         first = box.pending(limit=2)
@@ -81,20 +72,20 @@ def test_messages_come_back_in_insertion_order_and_go_once_acknowledged(path: Pa
         assert len(box) == 3
 
 
-def test_ids_are_never_reused_after_the_outbox_empties(path: Path) -> None:
+def test_ids_are_never_reused_after_the_outbox_empties(path: Path, metrics: Metrics) -> None:
     # The sender resumes with "id > last sent": a reused id would be skipped until the next reconnect.
-    with Outbox.open(path, Cfg()) as box:
+    with Outbox.open(path, OutboxConfig(), metrics) as box:
         last = box.add("t", b"x", 1)
         box.remove([last])
         assert len(box) == 0
         assert box.add("t", b"y", 1) > last
-    with Outbox.open(path, Cfg()) as box:
+    with Outbox.open(path, OutboxConfig(), metrics) as box:
         assert box.add("t", b"z", 1) > last + 1
 
 
-def test_payload_bytes_and_flags_round_trip(path: Path) -> None:
+def test_payload_bytes_and_flags_round_trip(path: Path, metrics: Metrics) -> None:
     payload = bytes(range(256)) * 10
-    with Outbox.open(path, Cfg()) as box:
+    with Outbox.open(path, OutboxConfig(), metrics) as box:
         box.add("a/b", payload, 2, retain=True)
         (msg,) = box.pending()
         assert (msg.payload, msg.qos, msg.retain) == (payload, 2, True)
@@ -116,8 +107,8 @@ def test_payload_bytes_and_flags_round_trip(path: Path) -> None:
         ("events_only", "events", 0, False),
     ],
 )
-def test_which_messages_are_stored(path: Path, mode: str, kind: str, qos: int, stored: bool) -> None:
-    with Outbox.open(path, Cfg(mode=mode)) as box:
+def test_which_messages_are_stored(path: Path, mode: str, kind: str, qos: int, stored: bool, metrics: Metrics) -> None:
+    with Outbox.open(path, OutboxConfig(mode=mode), metrics) as box:
         assert box.takes(kind, qos) is stored
 
 
@@ -125,7 +116,7 @@ def test_which_messages_are_stored(path: Path, mode: str, kind: str, qos: int, s
 
 
 def test_count_bound_drops_the_oldest(path: Path, metrics: Metrics, caplog: pytest.LogCaptureFixture) -> None:
-    with Outbox.open(path, Cfg(max_messages=100), metrics) as box:
+    with Outbox.open(path, OutboxConfig(max_messages=100), metrics) as box:
         for i in range(130):
             box.add("t", str(i), 1)
         assert len(box) == 100
@@ -140,7 +131,7 @@ def test_count_bound_drops_the_oldest(path: Path, metrics: Metrics, caplog: pyte
 
 def test_age_bound_with_an_injected_clock(path: Path, metrics: Metrics) -> None:
     clock = Clock()
-    with Outbox.open(path, Cfg(max_age_s=60.0), metrics, clock=clock) as box:
+    with Outbox.open(path, OutboxConfig(max_age_s=60.0), metrics, clock=clock) as box:
         box.add("t", b"old", 1)
         clock.now += 30
         box.add("t", b"middle", 1)
@@ -156,10 +147,10 @@ def test_age_bound_with_an_injected_clock(path: Path, metrics: Metrics) -> None:
 
 def test_expired_rows_are_dropped_when_the_outbox_is_reopened(path: Path, metrics: Metrics) -> None:
     clock = Clock()
-    with Outbox.open(path, Cfg(max_age_s=DAY), clock=clock) as box:
+    with Outbox.open(path, OutboxConfig(max_age_s=DAY), Metrics(CollectorRegistry()), clock=clock) as box:
         box.add("t", b"x", 1)
     clock.now += 2 * DAY
-    with Outbox.open(path, Cfg(max_age_s=DAY), metrics, clock=clock) as box:
+    with Outbox.open(path, OutboxConfig(max_age_s=DAY), metrics, clock=clock) as box:
         assert len(box) == 0
     assert sample(metrics, "edgedet_outbox_dropped_total", reason="age") == 1.0
 
@@ -167,13 +158,16 @@ def test_expired_rows_are_dropped_when_the_outbox_is_reopened(path: Path, metric
 # --------------------------------------------------------------------------- crash safety
 
 
-def test_messages_survive_kill_9_without_close(path: Path) -> None:
+def test_messages_survive_kill_9_without_close(path: Path, metrics: Metrics) -> None:
     code = textwrap.dedent(
         f"""
-        import os, signal, types
+        import os, signal
         from edgedet.outputs.outbox import Outbox
-        cfg = types.SimpleNamespace(enabled=True, mode="all", max_messages=1000, max_age_s=3600.0)
-        box = Outbox.open({str(path)!r}, cfg)
+        from prometheus_client import CollectorRegistry
+        from edgedet.config import OutboxConfig
+        from edgedet.metrics import Metrics
+        cfg = OutboxConfig(max_messages=1000, max_age_s=3600.0)
+        box = Outbox.open({str(path)!r}, cfg, Metrics(CollectorRegistry()))
         ids = [box.add("cam/gate/events", f"seq {{i}}", 1) for i in range(50)]
         box.remove(ids[:10])  # acknowledged before the crash
         print("stored", flush=True)
@@ -185,12 +179,12 @@ def test_messages_survive_kill_9_without_close(path: Path) -> None:
     assert proc.returncode == -9, proc.stderr
     assert proc.stdout == "stored\n"
 
-    with Outbox.open(path, Cfg()) as box:  # the process lock died with the process
+    with Outbox.open(path, OutboxConfig(), metrics) as box:  # the process lock died with the process
         assert [m.payload for m in box.pending(limit=100)] == [f"seq {i}".encode() for i in range(10, 50)]
 
 
-def test_a_second_connection_sees_every_committed_message(path: Path) -> None:
-    with Outbox.open(path, Cfg()) as box:
+def test_a_second_connection_sees_every_committed_message(path: Path, metrics: Metrics) -> None:
+    with Outbox.open(path, OutboxConfig(), metrics) as box:
         box.add("t", b"one", 1)
         box.add("t", b"two", 1)
         other = sqlite3.connect(path)  # e.g. an operator's sqlite3 shell while the daemon runs
@@ -201,19 +195,19 @@ def test_a_second_connection_sees_every_committed_message(path: Path) -> None:
             other.close()
 
 
-def test_one_process_per_outbox(path: Path) -> None:
-    with Outbox.open(path, Cfg()):
+def test_one_process_per_outbox(path: Path, metrics: Metrics) -> None:
+    with Outbox.open(path, OutboxConfig(), metrics):
         with pytest.raises(ConfigError) as info:
-            Outbox.open(path, Cfg())
+            Outbox.open(path, OutboxConfig(), metrics)
     (line,) = info.value.problems
     assert line.startswith("state_dir: the MQTT outbox ") and "in use by another process" in line
-    Outbox.open(path, Cfg()).close()  # free again once closed
+    Outbox.open(path, OutboxConfig(), metrics).close()  # free again once closed
 
 
-def test_a_corrupt_file_is_moved_aside(path: Path, caplog: pytest.LogCaptureFixture) -> None:
+def test_a_corrupt_file_is_moved_aside(path: Path, caplog: pytest.LogCaptureFixture, metrics: Metrics) -> None:
     path.parent.mkdir(parents=True)
     path.write_bytes(b"this is not an SQLite database" * 100)
-    with Outbox.open(path, Cfg()) as box:
+    with Outbox.open(path, OutboxConfig(), metrics) as box:
         box.add("t", b"x", 1)
         assert len(box) == 1
     aside = [p.name for p in path.parent.iterdir() if ".corrupt-" in p.name]
@@ -221,35 +215,35 @@ def test_a_corrupt_file_is_moved_aside(path: Path, caplog: pytest.LogCaptureFixt
     assert any(r.levelno == logging.ERROR and "unusable" in r.getMessage() for r in caplog.records)
 
 
-def test_state_dir_that_cannot_be_created_is_a_config_error(tmp_path: Path) -> None:
+def test_state_dir_that_cannot_be_created_is_a_config_error(tmp_path: Path, metrics: Metrics) -> None:
     blocker = tmp_path / "not-a-dir"
     blocker.write_text("")
     with pytest.raises(ConfigError) as info:
-        open_outbox(blocker / "state", Cfg())
+        open_outbox(blocker / "state", OutboxConfig(), metrics)
     (line,) = info.value.problems
     assert line.startswith(f"state_dir: cannot create {blocker / 'state'} for the MQTT outbox: ")
     assert "\n" not in str(info.value)
 
 
 @pytest.mark.skipif(os.geteuid() == 0, reason="root may write anywhere")
-def test_read_only_state_dir_is_a_config_error(tmp_path: Path) -> None:
+def test_read_only_state_dir_is_a_config_error(tmp_path: Path, metrics: Metrics) -> None:
     state = tmp_path / "ro"
     state.mkdir(mode=0o555)
     with pytest.raises(ConfigError, match=r"^state_dir: .* is not writable \(needed for the MQTT outbox\)$"):
-        open_outbox(state, Cfg())
+        open_outbox(state, OutboxConfig(), metrics)
 
 
-def test_open_outbox_uses_the_state_dir_and_honours_enabled(tmp_path: Path) -> None:
-    assert open_outbox(tmp_path, Cfg(enabled=False)) is None
+def test_open_outbox_uses_the_state_dir_and_honours_enabled(tmp_path: Path, metrics: Metrics) -> None:
+    assert open_outbox(tmp_path, OutboxConfig(enabled=False), metrics) is None
     assert not (tmp_path / FILENAME).exists()
-    box = open_outbox(tmp_path, Cfg())
+    box = open_outbox(tmp_path, OutboxConfig(), metrics)
     assert box is not None
     with box:
         assert box.path == tmp_path / FILENAME
 
 
-def test_closed_outbox_raises_outbox_error(path: Path) -> None:
-    box = Outbox.open(path, Cfg())
+def test_closed_outbox_raises_outbox_error(path: Path, metrics: Metrics) -> None:
+    box = Outbox.open(path, OutboxConfig(), metrics)
     box.close()
     box.close()  # idempotent
     assert box.closed
@@ -263,18 +257,18 @@ def test_closed_outbox_raises_outbox_error(path: Path) -> None:
 def test_metrics_start_at_zero_and_follow_the_outbox(path: Path, metrics: Metrics) -> None:
     assert sample(metrics, "edgedet_outbox_dropped_total", reason="size") == 0.0
     assert sample(metrics, "edgedet_outbox_dropped_total", reason="age") == 0.0
-    with Outbox.open(path, Cfg(), metrics) as box:
+    with Outbox.open(path, OutboxConfig(), metrics) as box:
         assert sample(metrics, "edgedet_outbox_messages") == 0.0
         ids = [box.add("t", b"x", 1) for _ in range(3)]
         assert sample(metrics, "edgedet_outbox_messages") == 3.0
         box.remove(ids[:2])
         assert sample(metrics, "edgedet_outbox_messages") == 1.0
-    with Outbox.open(path, Cfg(), Metrics(CollectorRegistry())) as box:
+    with Outbox.open(path, OutboxConfig(), Metrics(CollectorRegistry())) as box:
         assert len(box) == 1  # the gauge of a new run starts from what is on disk
 
 
-def test_concurrent_writers_and_an_acker(path: Path) -> None:
-    with Outbox.open(path, Cfg()) as box:
+def test_concurrent_writers_and_an_acker(path: Path, metrics: Metrics) -> None:
+    with Outbox.open(path, OutboxConfig(), metrics) as box:
         def writer(n: int) -> None:
             for i in range(200):
                 box.add(f"cam{n}", str(i), 1)
@@ -324,8 +318,8 @@ def test_outbox_config_errors(line: str, message: str) -> None:
     assert info.value.problems == [f"config.yaml:6: {message}"]
 
 
-def test_id_range(path: Path) -> None:
-    with Outbox.open(path, Cfg()) as box:
+def test_id_range(path: Path, metrics: Metrics) -> None:
+    with Outbox.open(path, OutboxConfig(), metrics) as box:
         assert box.id_range() is None
         ids = [box.add("t", b"x", 1) for _ in range(3)]
         box.remove(ids[:1])

@@ -4,43 +4,32 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import jsonschema
 import pytest
+from prometheus_client import CollectorRegistry
 
+from edgedet.config import MqttConfig, TlsConfig
 from edgedet.errors import ConfigError
+from edgedet.metrics import Metrics
 from edgedet.outputs.client import MqttPublisher
-from edgedet.outputs.payload import load_schema, to_payload
+from edgedet.outputs.payload import to_payload
 from edgedet.outputs.topics import Topics
+from edgedet.schemas import load_schema
 from edgedet.types import Detection, Detections
 
 T_WALL = 1_700_000_000.1234  # 2023-11-14T22:13:20.123Z
 
 
-@dataclass(frozen=True)
-class FakeTls:
-    ca: str | None = None
-    cert: str | None = None
-    key: str | None = None
-    insecure: bool = False
+def mqtt_cfg(**fields: Any) -> MqttConfig:
+    """The real config section, built directly (no file checks), for a broker nobody listens on."""
+    return MqttConfig(port=1, **fields)
 
 
-@dataclass(frozen=True)
-class FakeMqtt:
-    host: str = "127.0.0.1"
-    port: int = 1
-    client_id: str | None = None
-    username: str | None = None
-    password: str | None = None
-    password_file: str | None = None
-    tls: FakeTls | None = None
-    topic_prefix: str = "edgedet"
-    qos: int = 1
-    keepalive: int = 60
-    publish_empty: bool = False
+def publisher(cfg: MqttConfig, cameras: list[str]) -> MqttPublisher:
+    return MqttPublisher(cfg, "pi", cameras, Metrics(CollectorRegistry()))
 
 
 def make_dets(items: tuple[Detection, ...] | None = None, **over: Any) -> Detections:
@@ -64,7 +53,7 @@ def make_dets(items: tuple[Detection, ...] | None = None, **over: Any) -> Detect
 
 @pytest.fixture(scope="module")
 def validator() -> jsonschema.Draft202012Validator:
-    schema = load_schema()
+    schema = load_schema("detections")
     jsonschema.Draft202012Validator.check_schema(schema)
     return jsonschema.Draft202012Validator(schema)
 
@@ -78,7 +67,7 @@ def decode(payload: bytes) -> dict[str, Any]:
 
 
 def test_payload_exact_values(validator: jsonschema.Draft202012Validator) -> None:
-    payload = to_payload(make_dets(), published_wall=T_WALL + 0.05, capture_to_publish_ms=12.3456)
+    payload = to_payload(make_dets(), capture_to_publish_ms=12.3456)
     assert b": " not in payload and b", " not in payload  # compact separators
     msg = decode(payload)
     validator.validate(msg)
@@ -98,11 +87,11 @@ def test_payload_exact_values(validator: jsonschema.Draft202012Validator) -> Non
 
 def test_payload_is_pure() -> None:
     dets = make_dets()
-    assert to_payload(dets, T_WALL, 1.0) == to_payload(dets, T_WALL + 99, 1.0)
+    assert to_payload(dets, 1.0) == to_payload(dets, 1.0)
 
 
 def test_empty_detections_are_valid(validator: jsonschema.Draft202012Validator) -> None:
-    msg = decode(to_payload(make_dets(items=()), T_WALL, 3.0))
+    msg = decode(to_payload(make_dets(items=()), 3.0))
     validator.validate(msg)
     assert msg["detections"] == []
 
@@ -116,12 +105,12 @@ def test_empty_detections_are_valid(validator: jsonschema.Draft202012Validator) 
     ],
 )
 def test_timestamp_is_utc_with_milliseconds(t_wall: float, expected: str) -> None:
-    assert decode(to_payload(make_dets(t_wall=t_wall), t_wall, 0.0))["timestamp"] == expected
+    assert decode(to_payload(make_dets(t_wall=t_wall), 0.0))["timestamp"] == expected
 
 
 def test_missing_or_non_finite_timings_are_null(validator: jsonschema.Draft202012Validator) -> None:
     dets = make_dets(timings={"inference": 0.01, "preprocess": math.nan})
-    msg = decode(to_payload(dets, T_WALL, math.inf))
+    msg = decode(to_payload(dets, math.inf))
     validator.validate(msg)
     assert msg["latency_ms"] == {"capture_to_publish": None, "preprocess": None, "inference": 10.0,
                                  "postprocess": None, "queue_wait": None}
@@ -130,20 +119,20 @@ def test_missing_or_non_finite_timings_are_null(validator: jsonschema.Draft20201
 def test_numpy_like_class_id_is_plain_int() -> None:
     np = pytest.importorskip("numpy")
     det = Detection("car", np.int64(2), np.float32(0.5), (1.0, 2.0, 3.0, 4.0))
-    assert decode(to_payload(make_dets(items=(det,)), T_WALL, 0.0))["detections"][0]["class_id"] == 2
+    assert decode(to_payload(make_dets(items=(det,)), 0.0))["detections"][0]["class_id"] == 2
 
 
 def test_nan_score_is_rejected() -> None:
     det = Detection("car", 2, math.nan, (1.0, 2.0, 3.0, 4.0))
     with pytest.raises(ValueError):
-        to_payload(make_dets(items=(det,)), T_WALL, 0.0)
+        to_payload(make_dets(items=(det,)), 0.0)
 
 
 # --------------------------------------------------------------------------- schema
 
 
 def _valid_message() -> dict[str, Any]:
-    return decode(to_payload(make_dets(), T_WALL, 1.0))
+    return decode(to_payload(make_dets(), 1.0))
 
 
 def _drop(key: str) -> Any:
@@ -178,9 +167,9 @@ def test_schema_rejects(edit: Any, validator: jsonschema.Draft202012Validator) -
 
 
 def test_load_schema_returns_a_fresh_dict() -> None:
-    first = load_schema()
+    first = load_schema("detections")
     first["required"].clear()
-    assert "camera" in load_schema()["required"]
+    assert "camera" in load_schema("detections")["required"]
 
 
 # --------------------------------------------------------------------------- topics
@@ -214,18 +203,18 @@ def test_topics_reject_bad_names(prefix: str, node: str, camera: str, message: s
 
 def test_bad_camera_name_is_a_config_error() -> None:
     with pytest.raises(ConfigError, match="camera name 'a/b'"):
-        MqttPublisher(FakeMqtt(), "pi", ["a/b"])
+        publisher(mqtt_cfg(), ["a/b"])
 
 
 def test_bad_qos_is_a_config_error() -> None:
     with pytest.raises(ConfigError, match="mqtt.qos"):
-        MqttPublisher(FakeMqtt(qos=3), "pi", [])
+        publisher(mqtt_cfg(qos=3), [])
 
 
 def test_unreadable_tls_ca_names_the_field(tmp_path: Path) -> None:
     missing = tmp_path / "ca.pem"
     with pytest.raises(ConfigError) as err:
-        MqttPublisher(FakeMqtt(tls=FakeTls(ca=str(missing))), "pi", [])
+        publisher(mqtt_cfg(tls=TlsConfig(ca=str(missing))), [])
     assert str(err.value) == f"mqtt.tls.ca: cannot read {missing}: No such file or directory"
 
 
@@ -233,23 +222,23 @@ def test_garbage_tls_ca_names_the_field(tmp_path: Path) -> None:
     ca = tmp_path / "ca.pem"
     ca.write_text("not a certificate\n")
     with pytest.raises(ConfigError, match=r"^mqtt\.tls\.ca: .* is not a usable PEM CA bundle"):
-        MqttPublisher(FakeMqtt(tls=FakeTls(ca=str(ca))), "pi", [])
+        publisher(mqtt_cfg(tls=TlsConfig(ca=str(ca))), [])
 
 
 def test_garbage_client_cert_names_the_field(tmp_path: Path) -> None:
     cert = tmp_path / "client.pem"
     cert.write_text("junk\n")
     with pytest.raises(ConfigError, match=r"^mqtt\.tls\.cert: cannot load client certificate"):
-        MqttPublisher(FakeMqtt(tls=FakeTls(cert=str(cert))), "pi", [])
+        publisher(mqtt_cfg(tls=TlsConfig(cert=str(cert))), [])
 
 
 def test_tls_key_without_cert(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="mqtt.tls.key: set without mqtt.tls.cert"):
-        MqttPublisher(FakeMqtt(tls=FakeTls(key=str(tmp_path / "k.pem"))), "pi", [])
+        publisher(mqtt_cfg(tls=TlsConfig(key=str(tmp_path / "k.pem"))), [])
 
 
 def test_stop_without_start_is_harmless() -> None:
-    pub = MqttPublisher(FakeMqtt(), "pi", ["gate"])
+    pub = publisher(mqtt_cfg(), ["gate"])
     pub.stop()
     pub.stop()
     assert not pub.connected

@@ -1,9 +1,10 @@
 #!/usr/bin/python3
 """Serve a looping JPEG sequence as a real-time H.264 RTSP stream (test and demo helper).
 
-Runs with the *system* python (needs PyGObject and GstRtspServer):
+A script, never imported: it runs with the *system* python (needs PyGObject and GstRtspServer),
+started by the bench's live row (``edgedet.bench.live``) and the tests' RTSP fixture:
 
-    /usr/bin/python3 scripts/rtsp_server.py --port 8554 --frames .cache/demo/frames --fps 25
+    /usr/bin/python3 edgedet/bench/rtsp_server.py --port 8554 --frames .cache/demo/frames --fps 25
     -> READY rtsp://127.0.0.1:8554/cam
 
 Extra mounts: ``--mount name=DIR`` serves DIR/%05d.jpg at ``/name``. The server binds to

@@ -20,119 +20,40 @@ Durations use the injected ``clock``; payload times are the frames' wall times (
 
 from __future__ import annotations
 
-import json
 import logging
-import os
 import re
 import secrets
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
-from datetime import datetime, timezone
-from importlib import resources
-from pathlib import Path
-from typing import Any, Literal, Protocol
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
 
-import cv2
 import numpy as np
 
-from edgedet.config import CameraConfig, Config, EventsConfig, EventThresholds, Polygon
-from edgedet.draw import annotate
-from edgedet.preprocess import as_bgr
+from edgedet.config import CameraConfig, EventsConfig, EventThresholds
+from edgedet.events.messages import EventMessage, EventType
+from edgedet.events.snapshots import SnapshotStore
+from edgedet.events.zones import Zone, box_iou, zones_from_config
+from edgedet.outputs.payload import iso_utc_ms
 from edgedet.types import Detection, Detections
 
-__all__ = [
-    "EventMessage",
-    "EventRules",
-    "EventTracker",
-    "EventType",
-    "SnapshotStore",
-    "Zone",
-    "active_payload",
-    "box_iou",
-    "default_event_id",
-    "load_schema",
-    "zones_from_config",
-]
+__all__ = ["EventRules", "EventTracker", "default_event_id"]
 
 log = logging.getLogger(__name__)
 
-EventType = Literal["new", "update", "end"]
 IdFactory = Callable[[float, str, str], str]
 
 UPDATE_SCORE_STEP = 0.05  # publish an update when the top score rose this much
 UPDATE_MIN_IOU = 0.5  # ... or the box overlaps the last published one less than this
-JPEG_QUALITY = 85
 _EPS = 1e-9
 _ID_RE = re.compile(r"[A-Za-z0-9._-]+")
-
-
-def _iso_utc(t_wall: float) -> str:
-    stamp = datetime.fromtimestamp(t_wall, tz=timezone.utc).isoformat(timespec="milliseconds")
-    return stamp.replace("+00:00", "Z")
 
 
 def default_event_id(start_wall: float, camera: str, label: str) -> str:
     """``<start epoch seconds>-<6 random hex digits>``, e.g. ``1714564800.123456-3fa9c1``."""
     del camera, label  # unique enough without them, and always safe as a file name
     return f"{start_wall:.6f}-{secrets.token_hex(3)}"
-
-
-# --------------------------------------------------------------------------- geometry
-
-
-@dataclass(frozen=True, slots=True)
-class Zone:
-    """A named polygon; ``pixels`` False means coordinates are fractions of the frame size."""
-
-    name: str
-    points: tuple[tuple[float, float], ...]
-    pixels: bool = False
-
-    def __post_init__(self) -> None:
-        if len(self.points) < 3:
-            raise ValueError(f"Zone {self.name!r} needs at least 3 points (got {len(self.points)})")
-
-    @classmethod
-    def from_polygon(cls, name: str, polygon: Polygon) -> Zone:
-        return cls(name, polygon.points, polygon.pixels)
-
-    def contains(self, x: float, y: float, width: int, height: int) -> bool:
-        """True when pixel point (x, y) of a ``width`` x ``height`` frame is inside or on an edge."""
-        sx, sy = (1.0, 1.0) if self.pixels else (float(width), float(height))
-        pts = [(px * sx, py * sy) for px, py in self.points]
-        tolerance = 1e-6 * max(1.0, sx, sy, abs(x), abs(y))
-        inside = False
-        for (x1, y1), (x2, y2) in zip(pts, pts[1:] + pts[:1], strict=True):
-            cross = (x2 - x1) * (y - y1) - (y2 - y1) * (x - x1)
-            length = abs(x2 - x1) + abs(y2 - y1)
-            if (abs(cross) <= tolerance * max(length, 1.0)
-                    and min(x1, x2) - tolerance <= x <= max(x1, x2) + tolerance
-                    and min(y1, y2) - tolerance <= y <= max(y1, y2) + tolerance):
-                return True  # on the edge
-            if (y1 > y) != (y2 > y) and x < x1 + (y - y1) * (x2 - x1) / (y2 - y1):
-                inside = not inside
-        return inside
-
-
-def zones_from_config(camera: CameraConfig) -> tuple[list[Zone], list[Zone]]:
-    """``(zones, masks)`` of a camera; masks are named ``mask0``, ``mask1``, ..."""
-    zones = [Zone.from_polygon(name, poly) for name, poly in camera.zones.items()]
-    masks = [Zone.from_polygon(f"mask{i}", poly) for i, poly in enumerate(camera.masks)]
-    return zones, masks
-
-
-def box_iou(a: Sequence[float], b: Sequence[float]) -> float:
-    """Intersection over union of two ``[x1, y1, x2, y2]`` boxes (1.0 for two equal empty boxes)."""
-    iw = min(a[2], b[2]) - max(a[0], b[0])
-    ih = min(a[3], b[3]) - max(a[1], b[1])
-    inter = max(0.0, iw) * max(0.0, ih)
-    union = max(0.0, a[2] - a[0]) * max(0.0, a[3] - a[1]) + max(0.0, b[2] - b[0]) * max(0.0, b[3] - b[1]) - inter
-    if union <= 0.0:
-        return 1.0 if tuple(a) == tuple(b) else 0.0
-    return inter / union
 
 
 # --------------------------------------------------------------------------- rules
@@ -156,179 +77,6 @@ class EventRules:
 
     def for_label(self, label: str) -> EventThresholds:
         return self.labels.get(label, self.default)
-
-
-# --------------------------------------------------------------------------- messages
-
-
-@dataclass(frozen=True, slots=True)
-class EventMessage:
-    """One lifecycle message. ``snapshot_jpeg`` is set only when this message wrote a new snapshot.
-
-    ``score`` / ``box``: the best qualifying detection of the latest qualifying frame;
-    ``top_score``: the best score of the event; ``snapshot``: path of its latest snapshot file.
-    ``end_time`` (``end`` only) is when the label was last seen.
-    """
-
-    type: EventType
-    id: str
-    camera: str
-    label: str
-    start_time: str
-    end_time: str | None
-    score: float
-    top_score: float
-    box: tuple[float, float, float, float]
-    zones: tuple[str, ...]
-    frames_seen: int
-    snapshot: str | None
-    snapshot_jpeg: bytes | None = field(default=None, repr=False, compare=False)
-
-    def as_dict(self) -> dict[str, Any]:
-        """The JSON fields (everything except ``snapshot_jpeg``)."""
-        return {
-            "type": self.type,
-            "id": self.id,
-            "camera": self.camera,
-            "label": self.label,
-            "start_time": self.start_time,
-            "end_time": self.end_time,
-            "score": round(float(self.score), 4),
-            "top_score": round(float(self.top_score), 4),
-            "box": [round(float(v), 1) for v in self.box],
-            "zones": list(self.zones),
-            "frames_seen": int(self.frames_seen),
-            "snapshot": self.snapshot,
-        }
-
-    def to_json(self) -> bytes:
-        return json.dumps(self.as_dict(), separators=(",", ":"), allow_nan=False, ensure_ascii=False).encode()
-
-
-def load_schema() -> dict[str, Any]:
-    """The JSON Schema (draft 2020-12) of the event message; a fresh dict per call."""
-    text = resources.files("edgedet.schemas").joinpath("event.schema.json").read_text(encoding="utf-8")
-    schema: dict[str, Any] = json.loads(text)
-    return schema
-
-
-def active_payload(msg: EventMessage) -> Literal["ON", "OFF"]:
-    """The retained ``<camera>/<label>/active`` value after ``msg``."""
-    return "OFF" if msg.type == "end" else "ON"
-
-
-# --------------------------------------------------------------------------- snapshots
-
-
-class SnapshotStore:
-    """JPEG snapshots under ``directory/<camera>/<event id>-<n>.jpg``, oldest deleted first.
-
-    At most ``keep`` files and ``max_mb`` MiB in all (the newest file is always kept). Files are
-    written atomically (temporary file + rename). Safe to share between trackers and threads.
-    """
-
-    def __init__(self, directory: str | os.PathLike[str], keep: int, max_mb: float, crop: bool = False,
-                 quality: int = JPEG_QUALITY) -> None:
-        if keep < 1:
-            raise ValueError(f"SnapshotStore.keep must be >= 1 (got {keep})")
-        if max_mb <= 0:
-            raise ValueError(f"SnapshotStore.max_mb must be > 0 (got {max_mb})")
-        self.directory = Path(directory)
-        self.keep = keep
-        self.max_bytes = int(max_mb * 1024 * 1024)
-        self.crop = crop
-        self.quality = quality
-        self._lock = threading.Lock()
-        self._files: deque[tuple[Path, int]] = deque()
-        self._bytes = 0
-        self._failing = False
-        self._scan()
-
-    @classmethod
-    def from_config(cls, cfg: Config) -> SnapshotStore | None:
-        """The store for ``cfg`` (under ``<state_dir>/snapshots``), or None when disabled."""
-        snaps = cfg.events.snapshots
-        if not (cfg.events.enabled and snaps.enabled):
-            return None
-        return cls(Path(cfg.state_dir) / "snapshots", snaps.keep, snaps.max_mb, snaps.crop)
-
-    def files(self) -> list[Path]:
-        """The retained snapshot files, oldest first."""
-        with self._lock:
-            return [path for path, _ in self._files]
-
-    def save(self, camera: str, event_id: str, n: int, image: np.ndarray,
-             det: Detection) -> tuple[str | None, bytes]:
-        """Encode and store one snapshot; ``(path or None when it could not be written, JPEG)``."""
-        jpeg = self.encode(image, det)
-        path = self.directory / camera / f"{event_id}-{n}.jpg"
-        with self._lock:
-            try:
-                path.parent.mkdir(parents=True, exist_ok=True)
-                tmp = path.with_name(f".{path.name}.tmp")
-                with open(tmp, "wb") as fh:
-                    fh.write(jpeg)
-                    fh.flush()
-                    os.fsync(fh.fileno())
-                os.replace(tmp, path)
-            except OSError as exc:
-                if not self._failing:
-                    log.warning("cannot write snapshot %s: %s", path, exc.strerror or exc)
-                self._failing = True
-                return None, jpeg
-            if self._failing:
-                log.info("snapshots are written again (%s)", path)
-                self._failing = False
-            self._files.append((path, len(jpeg)))
-            self._bytes += len(jpeg)
-            self._prune()
-        return str(path), jpeg
-
-    def encode(self, image: np.ndarray, det: Detection) -> bytes:
-        """JPEG of ``image`` with ``det`` drawn, or of the box alone when ``crop`` is set."""
-        if self.crop:
-            bgr = as_bgr(image)
-            h, w = bgr.shape[:2]
-            x1, y1, x2, y2 = det.xyxy
-            left, top = min(max(int(x1), 0), w - 1), min(max(int(y1), 0), h - 1)
-            right, bottom = max(min(int(np.ceil(x2)), w), left + 1), max(min(int(np.ceil(y2)), h), top + 1)
-            out = bgr[top:bottom, left:right]
-        else:
-            out = annotate(image, [det])
-        ok, buf = cv2.imencode(".jpg", out, [cv2.IMWRITE_JPEG_QUALITY, self.quality])
-        if not ok:
-            raise ValueError(f"JPEG encoding failed for an image of shape {out.shape}")
-        return bytes(buf.tobytes())
-
-    def _scan(self) -> None:
-        if not self.directory.is_dir():
-            return
-        found: list[tuple[float, str, Path, int]] = []
-        for path in self.directory.glob("*/*"):
-            try:
-                if path.name.startswith(".") and path.name.endswith(".tmp"):
-                    path.unlink()  # left over from a crash during a write
-                elif path.suffix == ".jpg" and path.is_file():
-                    st = path.stat()
-                    found.append((st.st_mtime, path.name, path, st.st_size))
-            except OSError as exc:
-                log.warning("cannot inspect snapshot %s: %s", path, exc.strerror or exc)
-        for _, _, path, size in sorted(found):
-            self._files.append((path, size))
-            self._bytes += size
-        with self._lock:
-            self._prune()
-
-    def _prune(self) -> None:
-        while len(self._files) > 1 and (len(self._files) > self.keep or self._bytes > self.max_bytes):
-            path, size = self._files.popleft()
-            self._bytes -= size
-            try:
-                path.unlink()
-            except FileNotFoundError:
-                pass
-            except OSError as exc:
-                log.warning("cannot delete old snapshot %s: %s", path, exc.strerror or exc)
 
 
 # --------------------------------------------------------------------------- tracker state
@@ -415,10 +163,11 @@ class EventTracker:
         self._lock = threading.Lock()
 
     @classmethod
-    def from_config(cls, camera: str, cfg: Config, snapshots: SnapshotStore | None = None,
-                    clock: Callable[[], float] = time.time) -> EventTracker:
-        zones, masks = zones_from_config(cfg.cameras[camera])
-        return cls(camera, EventRules.from_config(cfg.events), zones, masks, clock, snapshots=snapshots)
+    def from_config(cls, name: str, camera: CameraConfig, events: EventsConfig,
+                    snapshots: SnapshotStore | None = None, clock: Callable[[], float] = time.time) -> EventTracker:
+        """The tracker of camera ``name``: zones and masks from ``camera``, thresholds from ``events``."""
+        zones, masks = zones_from_config(camera)
+        return cls(name, EventRules.from_config(events), zones, masks, clock, snapshots=snapshots)
 
     # ----------------------------------------------------------------- public API
 
@@ -611,8 +360,8 @@ class EventTracker:
             id=event.id,
             camera=self.camera,
             label=event.label,
-            start_time=_iso_utc(event.start_wall),
-            end_time=_iso_utc(event.last_seen_wall) if kind == "end" else None,
+            start_time=iso_utc_ms(event.start_wall),
+            end_time=iso_utc_ms(event.last_seen_wall) if kind == "end" else None,
             score=float(event.current.score),
             top_score=float(event.best.det.score),
             box=(x1, y1, x2, y2),
@@ -621,82 +370,3 @@ class EventTracker:
             snapshot=event.snapshot,
             snapshot_jpeg=jpeg,
         )
-
-
-# --------------------------------------------------------------------------- daemon stage
-
-
-class EventPublisher(Protocol):
-    def publish(self, topic: str, payload: bytes | str, qos: int = 0, retain: bool = False,
-                kind: str = "other") -> bool: ...
-
-    def set_retained(self, topic: str, payload: bytes | str | None) -> None: ...
-
-
-class EventStage:
-    """Feeds every processed frame to its camera's tracker and publishes what comes out.
-
-    Topics: ``<base>/<camera>/events`` (JSON, QoS 1, through the outbox), ``<base>/<camera>/snapshot``
-    (JPEG, retained) and ``<base>/<camera>/<label>/active`` (``ON``/``OFF``, retained).
-    """
-
-    def __init__(self, trackers: dict[str, EventTracker], publisher: EventPublisher, base_topic: str,
-                 metrics: Any = None) -> None:
-        self.trackers = trackers
-        self.publisher = publisher
-        self.base = base_topic
-        self.metrics = metrics
-
-    @classmethod
-    def from_config(cls, cfg: Config, cameras: Iterable[str], publisher: EventPublisher, base_topic: str,
-                    metrics: Any = None) -> EventStage | None:
-        if not cfg.events.enabled:
-            return None
-        store = SnapshotStore.from_config(cfg)
-        trackers = {name: EventTracker.from_config(name, cfg, store) for name in cameras}
-        return cls(trackers, publisher, base_topic, metrics)
-
-    def reconfigure(self, cfg: Config, cameras: Iterable[str]) -> None:
-        """Config reload: new thresholds and zones apply at once; active events carry on. Trackers of
-        removed cameras end their events; new cameras get a tracker."""
-        names = list(cameras)
-        store = SnapshotStore.from_config(cfg)
-        rules = EventRules.from_config(cfg.events)
-        for name in list(self.trackers):
-            if name not in names:
-                self._send(self.trackers.pop(name).close())
-        for name in names:
-            tracker = self.trackers.get(name)
-            if tracker is None:
-                self.trackers[name] = EventTracker.from_config(name, cfg, store)
-                continue
-            zones, masks = zones_from_config(cfg.cameras[name])
-            tracker.reconfigure(rules, zones, masks)
-
-    def on_frame(self, dets: Detections, image: np.ndarray | None) -> None:
-        tracker = self.trackers.get(dets.camera)
-        if tracker is not None:
-            self._send(tracker.update(dets, image))
-
-    def tick(self) -> None:
-        for tracker in self.trackers.values():
-            self._send(tracker.tick())
-
-    def close(self) -> None:
-        for tracker in self.trackers.values():
-            self._send(tracker.close())
-
-    def _send(self, messages: list[EventMessage]) -> None:
-        for msg in messages:
-            cam = f"{self.base}/{msg.camera}"
-            self.publisher.publish(f"{cam}/events", msg.to_json(), qos=1, retain=False, kind="events")
-            if msg.snapshot_jpeg is not None:
-                self.publisher.publish(f"{cam}/snapshot", msg.snapshot_jpeg, qos=1, retain=True, kind="snapshot")
-            # Retained state, re-sent on every reconnect (so a broker that lost it gets it back).
-            self.publisher.set_retained(f"{cam}/{msg.label}/active", active_payload(msg))
-            if self.metrics is not None:
-                self.metrics.events.labels(camera=msg.camera, label=msg.label, type=msg.type).inc()
-                self.metrics.events_active.labels(camera=msg.camera, label=msg.label).set(
-                    0 if msg.type == "end" else 1)
-            log.info("event %s %s: camera %s label %s score %.2f", msg.type, msg.id, msg.camera, msg.label,
-                     msg.score)

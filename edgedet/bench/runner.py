@@ -1,0 +1,138 @@
+"""The bench run: rounds of measurement children, one at a time, then the live row and the report.
+
+Per round: raw layouts + pipeline (one ``edge`` child per model), then each Ultralytics row (one
+``ultra`` child each), so slow drift of the machine hits every row alike; each row reports the
+median over rounds.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+from edgedet.bench.live import run_live
+from edgedet.bench.machine import (
+    cpu_snapshot,
+    has_module,
+    loadavg,
+    machine_info,
+    module_version,
+    other_cpu_pct,
+    warn_if_busy,
+)
+from edgedet.bench.options import Options
+from edgedet.bench.report import (
+    ratios_and_targets,
+    summarise_diag,
+    summarise_pipeline,
+    summarise_raw,
+    summarise_rect,
+    summarise_ultra,
+)
+from edgedet.bench.spawn import BenchError, EdgeSpec, UltraRow, UltraSpec, run_child
+from edgedet.model.torchscript import read_metadata  # no torch
+
+log = logging.getLogger(__name__)
+
+
+def run_bench(opts: Options) -> dict[str, Any]:
+    info = read_metadata(opts.model)
+    rect_info = read_metadata(opts.model_rect) if opts.model_rect else None
+    started = time.monotonic()
+    load_start = loadavg()
+    machine = machine_info()
+    warn_if_busy(machine["cores"])
+    cpu_start = cpu_snapshot()
+
+    def edge_spec(model: str) -> EdgeSpec:
+        return EdgeSpec(model=model, video=str(opts.video), frames=opts.frames, workers=opts.workers,
+                        threads=opts.threads, queue_size=opts.queue_size, raw_iters=opts.raw_iters)
+
+    ultra_rows = _ultra_rows(opts, info.imgsz, machine["cores"]) if opts.ultralytics else []
+    ultra_note = None
+    if opts.ultralytics and not has_module("ultralytics"):
+        ultra_rows, ultra_note = [], "ultralytics is not installed: rows skipped"
+    elif not opts.ultralytics:
+        ultra_note = "skipped (--no-ultralytics)"
+
+    edge_runs: list[dict[str, Any]] = []
+    rect_runs: list[dict[str, Any]] = []
+    ultra_runs: dict[str, list[dict[str, Any]]] = {r.name: [] for r in ultra_rows}
+    ultra_errors: dict[str, str] = {}
+    for rnd in range(opts.repeats):
+        log.info("round %d/%d: raw + pipeline (%s)", rnd + 1, opts.repeats, opts.model.name)
+        edge_runs.append(run_child(edge_spec(str(opts.model)), timeout=_edge_timeout(opts)))
+        if opts.model_rect is not None:
+            log.info("round %d/%d: raw + pipeline (%s)", rnd + 1, opts.repeats, opts.model_rect.name)
+            rect_runs.append(run_child(edge_spec(str(opts.model_rect)), timeout=_edge_timeout(opts)))
+        for row in ultra_rows:
+            if row.name in ultra_errors:
+                continue
+            log.info("round %d/%d: ultralytics %s", rnd + 1, opts.repeats, row.name)
+            env = {"OMP_NUM_THREADS": str(row.threads)} if row.threads else {}
+            try:
+                spec = UltraSpec.of(row, video=str(opts.video), frames=opts.frames)
+                ultra_runs[row.name].append(run_child(spec, timeout=_ultra_timeout(opts), env=env))
+            except BenchError as exc:
+                log.warning("ultralytics %s failed: %s", row.name, exc)
+                ultra_errors[row.name] = str(exc)
+
+    live = run_live(opts)
+    report: dict[str, Any] = {
+        "machine": {**machine, **_torch_info(edge_runs[0]), "loadavg_start": load_start, "loadavg_end": loadavg(),
+                    "other_cpu_pct": other_cpu_pct(cpu_start, cpu_snapshot(), machine["cores"])},
+        "config": {
+            "video": str(opts.video),
+            "video_size": edge_runs[0]["video_size"],
+            "model": str(opts.model),
+            "model_imgsz": list(info.imgsz),
+            "frames": opts.frames,
+            "repeats": opts.repeats,
+            "raw_iters": opts.raw_iters,
+            "live_seconds": opts.live_seconds,
+            "quick": opts.quick,
+            "children_env": "OMP_NUM_THREADS removed (set only for forced-thread Ultralytics rows)",
+        },
+        "raw": summarise_raw(edge_runs),
+        "pipeline": summarise_pipeline(edge_runs),
+        "diagnostics": summarise_diag(edge_runs),
+        "ultralytics": summarise_ultra(ultra_rows, ultra_runs, ultra_errors, ultra_note),
+        "live": live,
+        "rect": None,
+    }
+    if rect_info is not None and rect_runs:
+        report["rect"] = summarise_rect(report, rect_runs, str(opts.model_rect), rect_info.imgsz)
+    report["ratios"], report["targets"] = ratios_and_targets(report)
+    report["elapsed_s"] = round(time.monotonic() - started, 1)
+    return report
+
+
+def _edge_timeout(opts: Options) -> float:
+    frames = opts.frames or 1000
+    return 180.0 + frames * 1.5 + opts.raw_iters * 5 * 2.0
+
+
+def _ultra_timeout(opts: Options) -> float:
+    return 180.0 + (opts.frames or 1000) * 2.0
+
+
+def _ultra_rows(opts: Options, imgsz: tuple[int, int], cores: int) -> list[UltraRow]:
+    """Ultralytics configurations: TorchScript file (square) and the .pt checkpoint (rect letterbox)."""
+    targets: list[tuple[str, str, list[int] | int, bool]] = [("torchscript", str(opts.model), list(imgsz), False)]
+    if opts.weights is not None:
+        targets.append(("pt", str(opts.weights), max(imgsz), True))
+    thread_opts: list[int | None] = ([None] if opts.ultra_default_threads else []) + [cores]
+    rows = []
+    for kind, weights, size, rect in targets:
+        for threads in thread_opts:
+            label = "default threads" if threads is None else f"{threads} threads"
+            rows.append(UltraRow(name=f"{kind} {label}", format=kind, weights=weights, imgsz=size, rect=rect,
+                                 threads=threads))
+    return rows
+
+
+def _torch_info(edge: dict[str, Any]) -> dict[str, Any]:
+    return {k: edge[k] for k in ("torch", "opencv", "torch_default_threads")} | {
+        "ultralytics": module_version("ultralytics")
+    }
