@@ -13,9 +13,10 @@ TORCH_PINS ?= torch==2.14.1 torchvision==0.29.1
 endif
 MODEL := models/demo.torchscript
 CLIP := .cache/demo/demo.mp4
+STILL_CLIPS := .cache/demo/static_scene.mp4 .cache/demo/slow_plume.mp4
 PYTEST_ARGS ?=
 
-.PHONY: help venv sysdeps model assets demo test unit lint clean
+.PHONY: help venv sysdeps model models-reduced assets demo test unit lint clean
 
 help:
 	@echo "make demo   - run the daemon on the built-in demo clip, show MQTT messages + latency"
@@ -28,7 +29,7 @@ $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q $(TORCH_PINS)
-	$(PY) -m pip install -q -e '.[dev,export,onnx,openvino]'
+	$(PY) -m pip install -q -e '.[dev,export,onnx,openvino,int8,fleet,web,profiles]'
 	# ultralytics pulls opencv-python (GUI build); the daemon ships with the headless one.
 	$(PY) -m pip uninstall -q -y opencv-python || true
 	$(PY) -m pip install -q --force-reinstall --no-deps opencv-python-headless
@@ -38,12 +39,20 @@ $(STAMP): pyproject.toml
 sysdeps:
 	bash scripts/ci-deps.sh
 
-model: $(MODEL)
+# The demo's reduced-precision models, calibrated on and checked against frames of the demo clip.
+MODEL_BF16 := models/demo-bf16_openvino_model
+MODEL_INT8 := models/demo-int8_openvino_model
+
+model: $(MODEL) models-reduced
 $(MODEL): | $(STAMP)
 	$(PY) scripts/demo_model.py --out $(MODEL)
 
-assets: $(CLIP)
-$(CLIP): | $(STAMP)
+models-reduced: $(MODEL_BF16) $(MODEL_INT8)
+$(MODEL_BF16) $(MODEL_INT8): | $(MODEL) $(CLIP)
+	$(PY) scripts/demo_model.py --out $(MODEL) --reduced --clip $(CLIP)
+
+assets: $(CLIP) $(STILL_CLIPS)
+$(CLIP) $(STILL_CLIPS): | $(STAMP)
 	$(PY) scripts/make_clip.py --out-dir .cache/demo
 
 demo: sysdeps venv model assets

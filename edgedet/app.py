@@ -25,12 +25,15 @@ from edgedet.framequeue import FrameHub
 from edgedet.health import CrashLatch, FlowTracker, Health, Liveness
 from edgedet.homeassistant import HomeAssistant
 from edgedet.inference import WorkerPool
-from edgedet.metrics import Metrics, serve, stop_server
+from edgedet.metrics import Metrics
 from edgedet.outputs.client import MqttPublisher
+from edgedet.outputs.node import NodeAnnouncer, precision
 from edgedet.outputs.outbox import open_outbox
 from edgedet.pipeline import Pipeline, load_model
+from edgedet.profile_runner import ProfileRunner
 from edgedet.results import ResultSink
 from edgedet.sdnotify import Notifier, WatchdogThread, watchdog_interval
+from edgedet.web.launch import start_http
 
 log = logging.getLogger(__name__)
 
@@ -74,38 +77,50 @@ def _run(cfg: Config, config_path: str | Path | None, stop: threading.Event,
     # below, bad input is reported before the slow model load.
     publisher = MqttPublisher(cfg.mqtt, cfg.node_id, list(cameras), metrics, outbox=outbox)
     cams = CameraSet(hub, metrics, publisher.set_camera_status)
-    server = None
     with ExitStack() as undo:  # on a start-up error: stop what was started, in reverse
         undo.callback(publisher.stop)
-        if cfg.metrics.enabled:
-            health = Health(cams, flow, publisher, f"{cfg.mqtt.host}:{cfg.mqtt.port}")
-            server = serve(metrics.registry, cfg.metrics.host, cfg.metrics.port, health)
-            undo.callback(stop_server, *server)
+        broker = f"{cfg.mqtt.host}:{cfg.mqtt.port}"  # HTTP: /metrics + /healthz, and the web console
+        http = start_http(cfg.metrics, cfg.web, node=cfg.node_id, state_dir=cfg.state_dir, metrics=metrics,
+                          health=Health(cams, flow, publisher, broker), publisher=publisher, cameras=lambda: cams.names,
+                          broker=broker)
+        undo.callback(http.stop)
         model = load_model(cfg.model, cfg.workers, cameras)
         undo.pop_all()
-    events = EventStage.from_config(cfg.events, cameras, cfg.state_dir, publisher, publisher.topics, metrics)
-    ha = HomeAssistant(publisher, publisher.topics)  # discovery + stats (opt-in)
+    events = EventStage.from_config(cfg.events, cameras, cfg.state_dir, http.events_publisher(publisher),
+                                    publisher.topics, metrics)
+    ha = HomeAssistant(publisher, publisher.topics, stats=True)  # discovery (opt-in) + stats
+    det = model.detector  # retained <node>/info (docs/FLEET.md) and the duplicate node_id check:
+    NodeAnnouncer(publisher, publisher.topics).announce(model=det.info.name, backend=det.backend,
+                                                        precision=precision(det.np_dtype), cameras=list(cameras),
+                                                        console_url=http.url)
     ha.configure(cfg.homeassistant, list(cameras), model.detector.info.names, classes=cfg.model.classes,
                  events_enabled=cfg.events.enabled)
     crashes = CrashLatch(stop)
-    pool = WorkerPool(hub, ResultSink(publisher, metrics, flow, ha, events), metrics, crashes)
-    pipeline = Pipeline(metrics, flow, publisher, cams, pool, events, ha, JOIN_TIMEOUT_S)
+    sink = ResultSink(publisher, metrics, flow, ha, events, live=http.live)
+    pool = WorkerPool(hub, sink, metrics, crashes)
+    profiles = ProfileRunner(cams, events, sink, publisher, publisher.topics, metrics)
+    pipeline = Pipeline(metrics, flow, publisher, cams, pool, events, ha, JOIN_TIMEOUT_S, on_model=http.set_model)
 
     publisher.start()
     pipeline.start_model(model)
     for name, cam in cameras.items():
         pipeline.start_camera(name, cam)
+    profiles.configure(cameras, cfg.events, cfg.location)
     log.info("edgedet %s running: %d camera(s): %s", __version__, len(cameras), ", ".join(cameras))
     notifier = Notifier()
     notifier.ready(f"{len(cameras)} camera(s), model {model.detector.info.name}")
-    dog = WatchdogThread(notifier, stop, Liveness(cams, flow, pool, crashes, cfg.watchdog_grace_s),
-                         watchdog_interval() or 10.0)
+    liveness = Liveness(cams, pool, crashes, cfg.watchdog_grace_s, TICK_S)
+    liveness.tick()
+    dog = WatchdogThread(notifier, stop, liveness, watchdog_interval() or 10.0)
     dog.start()
 
     while not stop.wait(TICK_S):
+        liveness.tick()
         if reload_requested.is_set():
             reload_requested.clear()
-            cfg = reload.apply(pipeline, cfg, config_path, notifier)
+            cfg = reload.apply(pipeline, cfg, config_path, notifier, stop, liveness.tick)
+            profiles.configure({n: c for n, c in cfg.cameras.items() if c.enabled}, cfg.events, cfg.location)
+        profiles.tick()
         if events is not None:
             events.tick()
         ha.tick()
@@ -121,8 +136,7 @@ def _run(cfg: Config, config_path: str | Path | None, stop: threading.Event,
     if events is not None:
         events.close()
     publisher.stop()
-    if server is not None:
-        stop_server(*server)
+    http.stop()
     dog.join(JOIN_TIMEOUT_S)
     if crashes.first is not None:
         log.error("stopped after a worker crash: %s", crashes.first)

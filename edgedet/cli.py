@@ -1,4 +1,4 @@
-"""Command line: ``edgedet export|detect|run|check-config|bench``.
+"""Command line: ``edgedet export|detect|info|tune|run|check-config|fleet|bench``.
 
 Exit codes: 0 ok, 1 runtime failure, 2 bad config or bad input. An ``EdgedetError`` becomes
 ``error: <line>`` on stderr (``edgedet.errors.report``), never a traceback.
@@ -7,6 +7,7 @@ Exit codes: 0 ok, 1 runtime failure, 2 bad config or bad input. An ``EdgedetErro
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import logging
 import sys
@@ -16,13 +17,13 @@ from pathlib import Path
 
 from edgedet import __version__
 from edgedet.errors import EdgedetError, InputError, report
-from edgedet.logs import setup_logging
+from edgedet.logs import scrub, setup_logging
 
 log = logging.getLogger("edgedet")
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
-    from edgedet.model.export.trace import export, parse_imgsz, rect_imgsz
+    from edgedet.model.export.trace import ReducedOptions, export, parse_imgsz, rect_imgsz
 
     imgsz = parse_imgsz(args.imgsz)
     if args.rect:
@@ -37,10 +38,33 @@ def _cmd_export(args: argparse.Namespace) -> int:
         device=args.device,
         check_image=Path(args.check_image) if args.check_image else None,
         format=args.format,
+        precision=_precision(args),
+        reduced=ReducedOptions(calib=args.calib, val=args.val, calib_frames=args.calib_frames,
+                               val_frames=args.val_frames, min_f1=args.min_f1, force=args.force,
+                               stream_seconds=args.stream_seconds),
     )
     for line in report.lines():
         print(line)
     return 0
+
+
+def _precision(args: argparse.Namespace) -> str:
+    if args.half and args.precision not in (None, "fp16"):
+        raise InputError(f"--half is --precision fp16; it cannot be combined with --precision {args.precision}")
+    return str(args.precision or ("fp16" if args.half else "fp32"))
+
+
+def _cmd_info(args: argparse.Namespace) -> int:
+    from edgedet.modelinfo import describe
+
+    print(describe(args.model, args.backend, as_json=args.json))
+    return 0
+
+
+def _cmd_tune(args: argparse.Namespace) -> int:
+    from edgedet.tune import main as tune_main  # lazy: measurement children import the runtimes
+
+    return tune_main(args)
 
 
 def _parse_classes(values: Sequence[str] | None, names: Sequence[str]) -> list[int] | None:
@@ -125,6 +149,19 @@ def _cmd_run(args: argparse.Namespace) -> int:
     return run(cfg, args.config)
 
 
+def _cmd_fleet(args: argparse.Namespace) -> int:
+    import os
+
+    from edgedet.fleet.ingest import BrokerSettings
+    from edgedet.fleet.server import FleetOptions, parse_hostport, run
+
+    host, port = parse_hostport(args.broker, 1883, "--broker")
+    listen_host, listen_port = parse_hostport(args.listen, 8090, "--listen")
+    broker = BrokerSettings(host, port, username=args.username, password=os.environ.get("EDGEDET_FLEET_PASSWORD"),
+                            ca=args.ca, client_id=args.client_id)
+    return run(FleetOptions(broker, args.prefix.strip("/"), Path(args.db), listen_host, listen_port))
+
+
 def _cmd_bench(args: argparse.Namespace) -> int:
     from edgedet.bench import main as bench_main  # lazy: measurement children import torch / ultralytics
 
@@ -142,7 +179,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--imgsz", default="640", help="input size: N or H,W (multiples of the stride)")
     p.add_argument("--rect", default=None, metavar="W:H",
                    help="aspect-matched input for W:H frames, e.g. 16:9 -> 384x640 at --imgsz 640")
-    p.add_argument("--half", action="store_true", help="fp16 weights and input (for CUDA devices)")
+    p.add_argument("--half", action="store_true", help="alias of --precision fp16 (CUDA devices)")
+    p.add_argument("--precision", default=None, choices=["fp32", "bf16", "fp16", "int8"],
+                   help="fp32 (default, the reference); bf16 (CPUs with AVX512_BF16/AMX: torchscript, openvino); "
+                        "fp16 (CUDA, torchscript); int8 (openvino via NNCF, onnx via onnxruntime; needs --calib)")
+    p.add_argument("--calib", default=None, metavar="SRC",
+                   help="calibration frames: a folder of images, a video file or an rtsp:// URL")
+    p.add_argument("--calib-frames", type=int, default=300, help="frames sampled evenly from --calib (default 300)")
+    p.add_argument("--val", default=None, metavar="SRC",
+                   help="held-out frames for the accuracy guard (default: frames of --calib not used to calibrate)")
+    p.add_argument("--val-frames", type=int, default=60, help="held-out frames (default 60)")
+    p.add_argument("--stream-seconds", type=float, default=60.0,
+                   help="for a stream URL: spread the frames over this many seconds (default 60)")
+    p.add_argument("--min-f1", type=float, default=0.95,
+                   help="accuracy guard: detection F1 against fp32 below this fails the export (default 0.95)")
+    p.add_argument("--force", action="store_true", help="write the model even when it fails the accuracy guard")
     p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
     p.add_argument("--check-image", default=None, help="real image for the traced-vs-eager check")
     p.add_argument("--format", default="torchscript", choices=["torchscript", "onnx", "openvino"],
@@ -164,6 +215,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--save-annotated", default=None, metavar="DIR")
     p.set_defaults(func=_cmd_detect)
 
+    p = sub.add_parser("info", help="print a model file's metadata: precision, calibration, agreement with fp32")
+    p.add_argument("model", help="a .torchscript, .onnx or *_openvino_model/ (or its .xml)")
+    p.add_argument("--backend", default="auto", choices=["auto", "torchscript", "onnxruntime", "openvino"])
+    p.add_argument("--json", action="store_true", help="the whole metadata as JSON")
+    p.set_defaults(func=_cmd_info)
+
+    p = sub.add_parser("tune", help="measure backend x precision x thread layout on this box; recommend a setup")
+    from edgedet.tune.options import add_arguments
+
+    add_arguments(p)
+    p.set_defaults(func=_cmd_tune)
+
     p = sub.add_parser("check-config", help="validate a config file and print it normalised (secrets masked)")
     p.add_argument("file")
     p.set_defaults(func=_cmd_check_config)
@@ -173,6 +236,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--log-level", default=argparse.SUPPRESS, choices=["DEBUG", "INFO", "WARNING", "ERROR"],
                    help="override the config's log_level")
     p.set_defaults(func=_cmd_run)
+
+    p = sub.add_parser("fleet", help="one console over every node on the central MQTT broker (edgedet[fleet])")
+    p.add_argument("--broker", required=True, metavar="HOST[:PORT]", help="the central broker (port 1883)")
+    p.add_argument("--prefix", default="edgedet", help="the nodes' mqtt.topic_prefix (default edgedet)")
+    p.add_argument("--db", default="/var/lib/edgedet/fleet.db", help="event history (SQLite)")
+    p.add_argument("--listen", default="127.0.0.1:8090", metavar="HOST[:PORT]", help="console address")
+    p.add_argument("--username", default=None, help="broker user; password from $EDGEDET_FLEET_PASSWORD")
+    p.add_argument("--ca", default=None, help="CA file: TLS to the broker")
+    p.add_argument("--client-id", default="edgedet-fleet", help="MQTT client id (persistent session)")
+    p.set_defaults(func=_cmd_fleet)
 
     # Options are parsed by edgedet.bench (see `edgedet bench --help`): pass everything through.
     p = sub.add_parser("bench", help="benchmark raw model vs pipeline vs Ultralytics, and live latency",
@@ -188,6 +261,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return int(args.func(args))
     except EdgedetError as exc:
-        return report(exc)
+        text = io.StringIO()
+        code = report(exc, text)
+        sys.stderr.write(scrub(text.getvalue()))  # no known secret in an error line either
+        return code
     except KeyboardInterrupt:
         return 130

@@ -1,7 +1,9 @@
 """Error hierarchy. Library errors are converted to these at module boundaries.
 
 The CLI turns an ``EdgedetError`` into ``error: <line>`` lines on stderr and an exit code
-(:func:`report`): ``ConfigError`` / ``ModelError`` / ``InputError`` exit 2, anything else 1.
+(:func:`report`): ``ConfigError`` / ``ModelError`` / ``InputError`` exit 2 (a wrong config or input
+file: systemd does not restart it, ``RestartPreventExitStatus=2``), ``EnvironmentFault`` 75 (the machine
+is not ready yet: restarted), anything else 1 (restarted).
 """
 
 from __future__ import annotations
@@ -36,6 +38,14 @@ class InputError(EdgedetError):
     """Bad input data (an unreadable image, an unsupported array)."""
 
     exit_code = 2
+
+
+class EnvironmentFault(EdgedetError):
+    """The machine is not ready for the daemon (CUDA not up yet at boot, the metrics port still held
+    by another process): exit 75 (EX_TEMPFAIL), which systemd's ``Restart=on-failure`` restarts.
+    A broken disk or broker never gets here: the daemon keeps detecting and reports it."""
+
+    exit_code = 75
 
 
 class CaptureError(EdgedetError):

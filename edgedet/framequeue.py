@@ -13,6 +13,8 @@ from __future__ import annotations
 import threading
 import time
 from collections import deque
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 from edgedet.metrics import Metrics
 from edgedet.types import Frame
@@ -121,6 +123,7 @@ class FrameHub:
         self._by_name: dict[str, CameraQueue] = {}
         self._next = 0  # index of the camera served first by the next get()
         self._closed = False
+        self._held = 0  # holding() depth
 
     def add_camera(self, name: str, maxsize: int = 1, backpressure: bool = False) -> CameraQueue:
         if maxsize < 1:
@@ -211,14 +214,29 @@ class FrameHub:
         return None
 
     def ended(self) -> bool:
-        """True when the hub is closed, or every camera queue is closed and empty.
+        """True when the hub is closed, or every camera finished: it has cameras, each queue is closed
+        (end of file) and empty, and no reload holds it (``holding``).
 
-        (With no cameras at all this is True: nothing will ever arrive.)
+        No camera at all is not "finished": a reload restarts every camera of a one-camera node by
+        removing its queue and adding a new one, and the run must go on meanwhile.
         """
         with self._cond:
             if self._closed:
                 return True
+            if self._held or not self._queues:
+                return False
             return all(q._closed and not q._frames for q in self._queues)
+
+    @contextmanager
+    def holding(self) -> Iterator[None]:
+        """While cameras are stopped and started (a reload), ``ended()`` is False."""
+        with self._cond:
+            self._held += 1
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._held -= 1
 
     def close(self) -> None:
         """Shut the hub: every blocked ``get``/``put`` returns at once (None / False)."""

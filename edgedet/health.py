@@ -2,8 +2,8 @@
 
 ``FlowTracker`` records when each camera last produced a processed frame (it also feeds the
 ``frame_age`` gauges). ``Health`` turns that, the running cameras and the broker state into the
-``/healthz`` answer; ``Liveness`` is the systemd watchdog's verdict. ``CrashLatch`` remembers the
-first worker crash.
+``/healthz`` answer; ``Liveness`` is the systemd watchdog's verdict (a wedged daemon, from the
+threads' heartbeats). ``CrashLatch`` remembers the first worker crash.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ import time
 from typing import Any
 
 from edgedet.capture.cameras import CameraSet
+from edgedet.heartbeat import Heartbeat
 from edgedet.inference import WorkerPool
 from edgedet.outputs.client import MqttPublisher
 
@@ -72,7 +73,7 @@ class Health:
                 continue
             if age != age:
                 problems.append(f"camera {name}: no frame yet")
-            elif age > cam.stall_timeout_s:
+            elif age > cam.idle_limit_s:  # stall timeout (+ the motion floor interval)
                 problems.append(f"camera {name}: last frame {age:.1f}s ago")
         connected = self.publisher.connected
         if not connected:
@@ -82,31 +83,48 @@ class Health:
             "mqtt_connected": connected,
             "cameras": {n: {"ended": n in ended, "last_frame_age_s": _round(self.flow.age_s(n))} for n in running},
         }
+        outbox = self.publisher.outbox_state()
+        if outbox is not None:  # degraded (in memory) is reported, not unhealthy: messages still flow
+            body["outbox"] = outbox
         if problems:
             body["reason"] = "; ".join(problems)
         return not problems, body
 
 
 class Liveness:
-    """The systemd watchdog's verdict: pinging while no worker crashed and frames are processed
-    (or no camera is live) within ``grace_s``."""
+    """The systemd watchdog's verdict: is the daemon wedged? Pings stop when a worker crashed, or a
+    thread has been silent for longer than ``grace_s`` past what it announced: an inference worker
+    stuck on one frame, a capture loop not iterating, or the main loop not ticking.
 
-    def __init__(self, cams: CameraSet, flow: FlowTracker, pool: WorkerPool, crashes: CrashLatch,
-                 grace_s: float) -> None:
+    Unreachable cameras do not stop the pings (a restart cannot fix a dead network): they are
+    reported by ``edgedet_camera_up``, the camera's MQTT status and ``/healthz``.
+    """
+
+    def __init__(self, cams: CameraSet, pool: WorkerPool, crashes: CrashLatch, grace_s: float,
+                 tick_s: float = 0.5) -> None:
         self.cams = cams
-        self.flow = flow
         self.pool = pool
         self.crashes = crashes
         self.grace_s = grace_s
-        self._started = time.monotonic()
+        self.tick_s = tick_s
+        self._main = Heartbeat()
+
+    def tick(self) -> None:
+        """The main loop is alive (called every tick, and while a reload waits for a model)."""
+        self._main.beat(self.tick_s)
 
     def __call__(self) -> tuple[bool, str]:
+        crash = self.crashes.first
+        if crash is not None:
+            return False, f"a worker crashed: {crash}"
+        beats = {"main loop": self._main, **self.pool.heartbeats()}
+        beats.update({f"capture:{name}": beat for name, beat in self.cams.heartbeats().items()})
+        silent = {name: beat.silent_s() for name, beat in beats.items()}
+        stuck = [f"{name} silent for {s:.0f} s" for name, s in silent.items() if s > self.grace_s]
+        if stuck:
+            return False, "wedged: " + "; ".join(stuck)
         live = [n for n, q in self.cams.queues().items() if not q.closed]
-        ages = [a for a in (self.flow.age_s(n) for n in live) if a == a]
-        newest = min(ages, default=time.monotonic() - self._started)
-        ok = self.crashes.first is None and (not live or newest < self.grace_s)
-        summary = f"{len(live)} live camera(s), {self.pool.processed} frame(s) processed"
-        return ok, summary if ok else f"no frame processed for {newest:.0f}s"
+        return True, f"{len(live)} live camera(s), {self.pool.processed} frame(s) processed"
 
 
 def _round(value: float) -> float | None:

@@ -15,6 +15,8 @@ discovery topic (``homeassistant/...``)                  entity, state topic (``
                                                          ``online`` / ``offline``
 ``sensor/dock_gate/fps/config``                          processed frames per second: ``gate/stats``
 ``sensor/dock_gate/latency_p50/config`` (and ``p95``)    end-to-end latency in ms: ``gate/stats``
+``sensor/dock_gate/profile/config``                      the active profile: ``gate/profile`` (``base``,
+                                                         ``night``, ...; edgedet/profile_runner.py)
 =======================================================  =========================================
 
 Labels are the model's class names, limited to ``model.classes`` when set; a label's id is its
@@ -83,7 +85,6 @@ DEFAULT_DEVICE_CLASS = "motion"
 # payload_available / payload_not_available, so everything but "online" becomes "offline".
 _AVAILABILITY_TEMPLATE = "{{ 'online' if value == 'online' else 'offline' }}"
 _SLUG_RE = re.compile(r"[^a-z0-9]+")
-_TOPIC_SPECIALS = ("/", "+", "#", "\0")
 
 
 class RetainedPublisher(Protocol):
@@ -169,10 +170,7 @@ def discovery_configs(
         "payload_not_available": "offline",
         "value_template": _AVAILABILITY_TEMPLATE,
     }]
-    usable = [label for label in labels if label and not any(c in label for c in _TOPIC_SPECIALS)]
-    for label in labels:
-        if label not in usable:
-            log.warning("Home Assistant discovery: label %r cannot be an MQTT topic level; no entity for it", label)
+    usable = list(labels)  # any label: Topics.active makes it a safe level (label_level)
     ids = label_ids(usable)
     out: list[DiscoveryConfig] = []
     seen: set[str] = set()
@@ -210,6 +208,8 @@ def discovery_configs(
                 state_topic=topics.stats(camera), value_template=f"{{{{ value_json.latency_ms_{q} }}}}",
                 unit_of_measurement="ms", device_class="duration", state_class="measurement",
                 suggested_display_precision=0, entity_category="diagnostic")
+        add("sensor", camera, "profile", f"{uid}_profile", f"{camera} profile", state_topic=topics.profile(camera),
+            icon="mdi:theme-light-dark", entity_category="diagnostic")
         if events:
             for label in usable:
                 add("binary_sensor", f"{camera}_{ids[label]}", "active", f"{uid}_{ids[label]}_active",
@@ -316,9 +316,12 @@ class HomeAssistant:
     """
 
     def __init__(self, publisher: RetainedPublisher, topics: Topics, *, interval_s: float = STATS_INTERVAL_S,
-                 clock: Callable[[], float] = time.monotonic, version: str = __version__) -> None:
+                 clock: Callable[[], float] = time.monotonic, version: str = __version__,
+                 stats: bool = False) -> None:
+        """``stats``: publish the per-camera stats topic even with discovery off (the fleet contract)."""
         self.publisher = publisher
         self._topics = topics
+        self._always_stats = stats
         self.version = version
         self.stats = CameraStats(publisher, topics, interval_s, clock)
         self._published: dict[str, bytes] = {}
@@ -356,11 +359,10 @@ class HomeAssistant:
         if ha.discovery and events_enabled:
             for camera in new:
                 for label in labels:
-                    if label and not any(ch in label for ch in _TOPIC_SPECIALS):
-                        self.publisher.set_retained(self._topics.active(camera, label), "OFF")
+                    self.publisher.set_retained(self._topics.active(camera, label), "OFF")
         self._known = set(cameras)
         self._published = desired
-        self.stats.set_cameras(cameras if ha.discovery else [])
+        self.stats.set_cameras(cameras if ha.discovery or self._always_stats else [])
         if removed or changed:
             log.info("Home Assistant discovery under %s/: %d entit%s announced, %d removed", ha.prefix,
                      len(desired), "y" if len(desired) == 1 else "ies", len(removed))

@@ -11,15 +11,17 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 from edgedet.framequeue import FrameHub
+from edgedet.heartbeat import Heartbeat
 from edgedet.metrics import Metrics
 from edgedet.model.base import Detector
 from edgedet.postprocess import decode
 from edgedet.preprocess import Preprocessor
-from edgedet.types import Detections, Frame
+from edgedet.types import Detection, Detections, Frame
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +59,8 @@ def thread_layout(
 
 
 class InferenceWorker(threading.Thread):
-    """One worker thread. Any unexpected exception is logged, recorded and stops the daemon.
+    """One worker thread. A failure on one frame (preprocess, decode, the sink) skips that frame and is
+    counted (``FrameErrors``); any other exception in the loop is logged, recorded and stops the daemon.
 
     With ``batch_size`` > 1 the worker gathers up to that many frames (different cameras take
     turns in the hub), waiting at most ``batch_timeout_s`` after the first, and runs them through
@@ -77,8 +80,10 @@ class InferenceWorker(threading.Thread):
         on_crash: Callable[[BaseException], None] | None = None,
         batch_size: int = 1,
         batch_timeout_s: float = 0.005,
+        errors: FrameErrors | None = None,
     ) -> None:
-        """``stop`` ends this worker; ``on_crash`` (default: set ``stop``) is told about a crash."""
+        """``stop`` ends this worker; ``on_crash`` (default: set ``stop``) is told about a crash;
+        ``errors`` contains per-frame failures (shared by a pool's workers)."""
         super().__init__(name=f"infer:{index}", daemon=True)
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1 (got {batch_size})")
@@ -94,6 +99,8 @@ class InferenceWorker(threading.Thread):
         self.batch_timeout_s = batch_timeout_s
         self.error: BaseException | None = None
         self.processed = 0
+        self.frame_errors = errors if errors is not None else FrameErrors(metrics)
+        self.heartbeat = Heartbeat()  # silent while a forward runs: a stuck one shows (health.Liveness)
         h, w = detector.info.imgsz
         self._pre = Preprocessor(h, w, dtype=detector.np_dtype, batch=batch_size,
                                  buffer=detector.input_buffer(batch_size), layout=detector.input_layout)
@@ -101,6 +108,7 @@ class InferenceWorker(threading.Thread):
     def run(self) -> None:
         try:
             while not self.stop_event.is_set():  # per frame: a busy hub seldom returns None
+                self.heartbeat.beat(self.poll_s + self.batch_timeout_s)
                 frame = self.hub.get(timeout=self.poll_s)
                 if frame is None:
                     if self.stop_event.is_set() or self.hub.ended():
@@ -130,41 +138,56 @@ class InferenceWorker(threading.Thread):
                 frames.append((more, time.monotonic_ns()))
         return frames
 
-    def process(self, frame: Frame) -> Detections:
-        return self.process_batch([(frame, time.monotonic_ns())])[0]
+    def process(self, frame: Frame) -> Detections | None:
+        """One frame through the pipeline; None when a stage failed on it (counted, see ``FrameErrors``)."""
+        results = self.process_batch([(frame, time.monotonic_ns())])
+        return results[0] if results else None
 
     def process_batch(self, frames: list[tuple[Frame, int]]) -> list[Detections]:
-        """Preprocess each (frame, dequeue time) into its batch slot, one forward, decode each."""
-        m = self.metrics
-        n = len(frames)
+        """Preprocess each (frame, dequeue time) into its batch slot, one forward, decode each, sink each.
+
+        A failure in one frame's preprocessing, decoding or sink skips that frame only (counted in
+        ``frame_errors{camera,kind}``); the forward pass itself is not guarded (a detector that
+        raises stops the daemon: a restart reloads the model)."""
+        m, errors = self.metrics, self.frame_errors
         m.workers_busy.inc()
         try:
+            kept: list[tuple[Frame, int]] = []
             geos, t_pre = [], []
-            for slot, (frame, _) in enumerate(frames):
-                _, geo = self._pre(frame.image, slot)
-                geos.append(geo)
-                t_pre.append(time.monotonic_ns())
+            for frame, t_deq in frames:
+                with errors.guard(frame, "preprocess"):
+                    _, geo = self._pre(frame.image, len(kept))
+                    kept.append((frame, t_deq))
+                    geos.append(geo)
+                    t_pre.append(time.monotonic_ns())
+            n = len(kept)
+            if n == 0:
+                return []
             raw = self.detector.infer(self._pre.batch[:n])
             t_inf = time.monotonic_ns()
             o = self.options
-            items, t_post = [], []
-            for i in range(n):
-                items.append(decode(raw[i : i + 1], geos[i], self.detector.info.names, conf=o.conf, iou=o.iou,
-                                    classes=o.classes, max_det=o.max_det))
-                t_post.append(time.monotonic_ns())
+            decoded: list[tuple[Frame, int, tuple[Detection, ...], int, int]] = []
+            for i, (frame, t_deq) in enumerate(kept):
+                items: tuple[Detection, ...] | None = None
+                with errors.guard(frame, "postprocess"):
+                    items = decode(raw[i : i + 1], geos[i], self.detector.info.names, conf=o.conf, iou=o.iou,
+                                   classes=o.classes, max_det=o.max_det)
+                if items is not None:
+                    decoded.append((frame, t_deq, items, t_pre[i], time.monotonic_ns()))
         finally:
             m.workers_busy.dec()
         results = []
-        prev_post = t_inf
-        for i, (frame, t_deq) in enumerate(frames):
-            pre_start = t_deq if i == 0 else max(t_deq, t_pre[i - 1])
+        prev_post, prev_pre = t_inf, None
+        for frame, t_deq, items, t_pre_i, t_post_i in decoded:
+            pre_start = t_deq if prev_pre is None else max(t_deq, prev_pre)
+            prev_pre = t_pre_i
             timings = {
                 "queue_wait": (t_deq - frame.t_mono_ns) / 1e9,
-                "preprocess": (t_pre[i] - pre_start) / 1e9,
+                "preprocess": (t_pre_i - pre_start) / 1e9,
                 "inference": (t_inf - t_pre[-1]) / 1e9,
-                "postprocess": (t_post[i] - prev_post) / 1e9,
+                "postprocess": (t_post_i - prev_post) / 1e9,
             }
-            prev_post = t_post[i]
+            prev_post = t_post_i
             dets = Detections(
                 camera=frame.camera,
                 seq=frame.seq,
@@ -173,7 +196,7 @@ class InferenceWorker(threading.Thread):
                 width=int(frame.image.shape[1]),
                 height=int(frame.image.shape[0]),
                 model=self.detector.info.name,
-                items=items[i],
+                items=items,
                 timings=timings,
             )
             cam = frame.camera
@@ -182,12 +205,47 @@ class InferenceWorker(threading.Thread):
             m.inference.labels(camera=cam).observe(timings["inference"])
             m.postprocess.labels(camera=cam).observe(timings["postprocess"])
             m.frames_processed.labels(camera=cam).inc()
-            for det in items[i]:
+            for det in items:
                 m.detections.labels(camera=cam, label=det.label).inc()
-            self.sink(dets, frame)
+            with errors.guard(frame, "sink"):
+                self.sink(dets, frame)
             self.processed += 1
             results.append(dets)
         return results
+
+
+class FrameErrors:
+    """Contains per-frame failures: ``with errors.guard(frame, kind): ...`` swallows an ``Exception``
+    raised inside, counts it in ``frame_errors{camera,kind}`` and logs once per state change of
+    ``(camera, kind)``: the first failure with its traceback (ERROR), then one INFO line when a later
+    frame of that camera gets through that stage again. Thread-safe (shared by the workers)."""
+
+    def __init__(self, metrics: Metrics, logger: logging.Logger | None = None) -> None:
+        self.metrics = metrics
+        self._log = logger or log
+        self._failing: dict[tuple[str, str], int] = {}  # (camera, kind) -> frames failed in a row
+        self._lock = threading.Lock()
+
+    @contextmanager
+    def guard(self, frame: Frame | Detections, kind: str) -> Iterator[None]:
+        key = (frame.camera, kind)
+        try:
+            yield
+        except Exception:  # noqa: BLE001 - one frame's failure must not stop the daemon
+            self.metrics.frame_errors.labels(camera=frame.camera, kind=kind).inc()
+            with self._lock:
+                count = self._failing.get(key, 0)
+                self._failing[key] = count + 1
+            if count == 0:
+                self._log.error("camera %s: %s failed on frame %d; skipping failing frames (counted in "
+                                "edgedet_frame_errors_total) until it works again", frame.camera, kind, frame.seq,
+                                exc_info=True)
+            return
+        if key in self._failing:  # a plain dict read on the hot path; the lock only on a change
+            with self._lock:
+                count = self._failing.pop(key, 0)
+            if count:
+                self._log.info("camera %s: %s works again (%d frame(s) failed)", frame.camera, kind, count)
 
 
 class WorkerPool:
@@ -200,6 +258,7 @@ class WorkerPool:
         self.sink = sink
         self.metrics = metrics
         self.on_crash = on_crash
+        self.frame_errors = FrameErrors(metrics)  # shared by every worker, across reloads
         self.workers: list[InferenceWorker] = []
         self._stop = threading.Event()
         self._generation = 0
@@ -213,7 +272,8 @@ class WorkerPool:
         self._generation += 1
         self.workers = [
             InferenceWorker(base + i, self.hub, detector, self._stop, self.sink, self.metrics, options,
-                            on_crash=self.on_crash, batch_size=batch_size, batch_timeout_s=batch_timeout_s)
+                            on_crash=self.on_crash, batch_size=batch_size, batch_timeout_s=batch_timeout_s,
+                            errors=self.frame_errors)
             for i in range(count)
         ]
         for w in self.workers:
@@ -229,6 +289,10 @@ class WorkerPool:
 
     def alive(self) -> bool:
         return any(w.is_alive() for w in self.workers)
+
+    def heartbeats(self) -> dict[str, Heartbeat]:
+        """The heartbeat of every running worker thread (for the watchdog)."""
+        return {w.name: w.heartbeat for w in self.workers if w.is_alive()}
 
     @property
     def processed(self) -> int:

@@ -17,7 +17,7 @@ from typing import Any
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 
-from edgedet.errors import ConfigError
+from edgedet.errors import ConfigError, EnvironmentFault
 
 log = logging.getLogger(__name__)
 
@@ -28,10 +28,18 @@ FAST_BUCKETS = (0.0005, 0.001, 0.0025) + LATENCY_BUCKETS
 
 #: ``frames_dropped{reason}`` values created at 0 for every camera.
 DROP_REASONS = ("queue_full", "fps_limit")
+#: ``inference_skipped{reason}`` values created at 0 for every camera (see edgedet/motion.py).
+SKIP_REASONS = ("no_motion", "min_interval")
 #: ``capture_errors{kind}`` values created at 0 for every camera (see capture.py).
 CAPTURE_ERROR_KINDS = ("open", "read", "stall", "decode", "internal")
+#: ``frame_errors{kind}`` values created at 0 for every camera (see inference.FrameErrors).
+FRAME_ERROR_KINDS = ("preprocess", "postprocess", "publish", "events", "stats", "sink")
 #: ``outbox_dropped{reason}`` values created at 0 (see outputs/outbox.py).
-OUTBOX_DROP_REASONS = ("size", "age")
+OUTBOX_DROP_REASONS = ("size", "bytes", "age", "corrupt")
+#: ``outbox_dropped_by_kind{kind}`` / ``mqtt_parked{kind}`` values created at 0 (others count as "other").
+OUTBOX_KINDS = ("detections", "events", "snapshot", "other")
+#: ``mqtt_parked{reason}``: too_large = over mqtt.max_payload_bytes, disconnects = in flight at N disconnects.
+PARK_REASONS = ("too_large", "disconnects")
 
 HealthCheck = Callable[[], tuple[bool, Mapping[str, Any]]]
 
@@ -87,6 +95,13 @@ class Metrics:
             ("camera", "kind"),
             registry=registry,
         )
+        self.frame_errors = Counter(
+            "edgedet_frame_errors_total",
+            "Frames whose processing failed at one stage and were skipped there (preprocess, postprocess, "
+            "publish, events, stats, sink); the daemon goes on.",
+            ("camera", "kind"),
+            registry=registry,
+        )
         self.mqtt_published = Counter(
             "edgedet_mqtt_published_total", "MQTT messages handed to the broker.", ("kind",),
             registry=registry,
@@ -98,6 +113,23 @@ class Metrics:
 
         self.camera_up = Gauge(
             "edgedet_camera_up", "1 while the camera delivers frames, else 0.", cam, registry=registry
+        )
+        self.inference_skipped = Counter(
+            "edgedet_inference_skipped_total",
+            "Decoded frames not sent to inference by detect.mode motion (no_motion, min_interval).",
+            ("camera", "reason"), registry=registry,
+        )
+        self.motion_fraction = Gauge(
+            "edgedet_motion_fraction", "Share of the image that moved in the last frame (detect.mode motion).", cam,
+            registry=registry,
+        )
+        self.inference_interval = Gauge(
+            "edgedet_inference_interval_seconds", "Time between the last two frames sent to inference.", cam,
+            registry=registry,
+        )
+        self.profile_active = Gauge(
+            "edgedet_profile_active", "1 for the camera's active profile ('base': its own settings), else 0.",
+            ("camera", "profile"), registry=registry,
         )
         self.camera_frozen = Gauge(
             "edgedet_camera_frozen",
@@ -132,6 +164,29 @@ class Metrics:
         )
         for reason in OUTBOX_DROP_REASONS:
             self.outbox_dropped.labels(reason=reason)
+        self.outbox_dropped_by_kind = Counter(
+            "edgedet_outbox_dropped_by_kind_total",
+            "Outbox messages dropped unsent, by reason and kind (detections go before events).",
+            ("reason", "kind"), registry=registry,
+        )
+        self.outbox_degraded = Gauge(
+            "edgedet_outbox_degraded", "1 while the outbox is held in memory (state dir not writable).",
+            registry=registry,
+        )
+        self.outbox_corrupt = Counter(
+            "edgedet_outbox_corrupt_total", "Damaged outbox files moved aside (readable rows copied over).",
+            registry=registry,
+        )
+        self.mqtt_parked = Counter(
+            "edgedet_mqtt_parked_total",
+            "MQTT messages set aside unsent (reason: too_large, disconnects), kept in the outbox's parked table.",
+            ("kind", "reason"), registry=registry,
+        )
+        for kind in OUTBOX_KINDS:
+            for reason in OUTBOX_DROP_REASONS:
+                self.outbox_dropped_by_kind.labels(reason=reason, kind=kind)
+            for reason in PARK_REASONS:
+                self.mqtt_parked.labels(kind=kind, reason=reason)
         self.events = Counter(
             "edgedet_events_total",
             "Event lifecycle messages published (type: new, update, end).",
@@ -142,6 +197,12 @@ class Metrics:
             "edgedet_events_active", "1 while an event is active for the camera and label.",
             ("camera", "label"), registry=registry,
         )
+        self.clip_frames_dropped = Counter(
+            "edgedet_clip_frames_dropped_total",
+            "Processed frames the clip recorder could not take (its queue was full); inference never waits.",
+            cam, registry=registry,
+        )
+        self.clips_written = Counter("edgedet_clips_written_total", "Event clips written.", cam, registry=registry)
         self.build = Info("edgedet_build", "Build and runtime information.", registry=registry)
 
     def set_build(self, **labels: object) -> None:
@@ -159,8 +220,12 @@ class Metrics:
         self.camera_reconnects.labels(camera=name)
         for kind in CAPTURE_ERROR_KINDS:
             self.capture_errors.labels(camera=name, kind=kind)
+        for kind in FRAME_ERROR_KINDS:
+            self.frame_errors.labels(camera=name, kind=kind)
         self.camera_up.labels(camera=name)
         self.camera_frozen.labels(camera=name)
+        for reason in SKIP_REASONS:
+            self.inference_skipped.labels(camera=name, reason=reason)
         self.frame_age.labels(camera=name)
         self.queue_depth.labels(camera=name)
 
@@ -174,10 +239,27 @@ class _Server(ThreadingHTTPServer):
     allow_reuse_port = False  # never share the port with another process
 
 
+def health_response(health: HealthCheck) -> tuple[int, bytes]:
+    """``/healthz``: 200 + JSON when ``health()`` is ok, else 503 + JSON with a ``reason``."""
+    try:
+        ok, detail = health()
+        body: dict[str, Any] = dict(detail)
+    except Exception as exc:  # a broken check must not kill the server
+        log.exception("health check raised")
+        ok, body = False, {"reason": f"health check failed: {exc}"}
+    if ok:
+        body = {"status": "ok", **body}
+    else:
+        body = {"status": "unhealthy", **body}
+        body.setdefault("reason", "unhealthy")
+    return (200 if ok else 503), (json.dumps(body, default=str) + "\n").encode()
+
+
 def _make_handler(registry: CollectorRegistry, health: HealthCheck) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
         server_version = "edgedet"
         sys_version = ""
+        timeout = 10  # seconds per socket operation: a half-sent request does not hold a thread forever
 
         def do_GET(self) -> None:  # noqa: N802 - http.server API
             path = self.path.split("?", 1)[0]
@@ -189,19 +271,8 @@ def _make_handler(registry: CollectorRegistry, health: HealthCheck) -> type[Base
                 self._send(404, "text/plain; charset=utf-8", b"not found\n")
 
         def _healthz(self) -> None:
-            try:
-                ok, detail = health()
-                body: dict[str, Any] = dict(detail)
-            except Exception as exc:  # a broken check must not kill the server
-                log.exception("health check raised")
-                ok, body = False, {"reason": f"health check failed: {exc}"}
-            if ok:
-                body = {"status": "ok", **body}
-            else:
-                body = {"status": "unhealthy", **body}
-                body.setdefault("reason", "unhealthy")
-            data = (json.dumps(body, default=str) + "\n").encode()
-            self._send(200 if ok else 503, "application/json", data)
+            code, data = health_response(health)
+            self._send(code, "application/json", data)
 
         def _send(self, code: int, content_type: str, data: bytes) -> None:
             self.send_response(code)
@@ -233,7 +304,7 @@ def serve(
         server = _Server((host, port), _make_handler(metrics_registry, health))
     except OSError as exc:
         if exc.errno == errno.EADDRINUSE:
-            raise ConfigError(f"metrics.port: {host}:{port} is already in use") from exc
+            raise EnvironmentFault(f"metrics.port: {host}:{port} is already in use") from exc
         raise ConfigError(f"metrics.host: cannot listen on {host}:{port}: {exc.strerror or exc}") from exc
     thread = threading.Thread(
         target=server.serve_forever, kwargs={"poll_interval": 0.2}, name="metrics-http", daemon=True

@@ -8,7 +8,7 @@ and thread layout; ``Pipeline`` starts workers and cameras and forgets removed c
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from contextlib import suppress
 from dataclasses import dataclass
 from functools import partial
@@ -70,6 +70,7 @@ class Pipeline:
     events: EventStage | None
     ha: HomeAssistant
     join_timeout_s: float = 2.0
+    on_model: Callable[[LoadedModel], None] | None = None  # told each loaded model (the web console)
 
     def start_model(self, model: LoadedModel) -> None:
         """Start the inference workers on ``model`` (stopping the running ones first, on a reload)."""
@@ -77,6 +78,8 @@ class Pipeline:
         self.pool.start(model.detector, model.options, model.workers, model.batch_size, model.batch_timeout_s)
         det = model.detector
         self.metrics.set_build(version=__version__, model=det.info.name, torch=torch_version(), device=det.device)
+        if self.on_model is not None:
+            self.on_model(model)
 
     def stop_workers(self) -> None:
         for w in self.pool.stop(self.join_timeout_s):
@@ -87,8 +90,11 @@ class Pipeline:
         self.cams.start(name, cam)
 
     def forget_camera(self, name: str) -> None:
-        """A removed camera: its retained state, gauges and frame age go (its thread stopped already)."""
-        self.publisher.forget_camera(name)
+        """A removed camera: its retained topics are cleared on the broker (status, snapshot, stats,
+        ``<label>/active``), its gauges and frame age go (its thread stopped already)."""
+        if self.events is not None:
+            self.events.forget_camera(name)  # ends its events first, so nothing re-sets its topics
+        self.publisher.clear_camera(name)
         self.metrics.camera_up.labels(camera=name).set(0)
         with suppress(KeyError):  # else the age of its last frame keeps growing: a stale-camera alert
             self.metrics.frame_age.remove(name)

@@ -1,7 +1,8 @@
 """Decode a YOLOv8 head output into detections in source-image pixels (numpy + OpenCV).
 
 Input layout: ``(1, 4 + nc, anchors)``; rows 0-3 are cx, cy, w, h in model-input pixels, rows
-4.. are per-class scores (no objectness row). Semantics follow Ultralytics'
+4.. are per-class scores (no objectness row). Candidates with a non-finite box or score (NaN, inf:
+an fp16 overflow, a broken export) are dropped before NMS, so no record carries one. Semantics follow Ultralytics'
 ``non_max_suppression`` (best class per box, ``score > conf``, class-aware NMS, at most
 ``max_nms`` candidates by score, at most ``max_det`` kept) and ``scale_boxes`` (remove padding,
 divide by the per-axis gain, clip to the image).
@@ -68,6 +69,11 @@ def decode(
     scores = scores[idx].astype(np.float32)
     class_ids = class_ids[idx]
     cxcywh = output[:4, idx].T.astype(np.float32)
+    finite = np.isfinite(scores) & np.isfinite(cxcywh).all(axis=1)  # NaN/inf rows: a broken export or overflow
+    if not finite.all():
+        scores, class_ids, cxcywh = scores[finite], class_ids[finite], cxcywh[finite]
+        if scores.size == 0:
+            return ()
     if idx.size > MAX_NMS:
         top = np.argsort(-scores, kind="stable")[:MAX_NMS]
         scores, class_ids, cxcywh = scores[top], class_ids[top], cxcywh[top]

@@ -31,12 +31,14 @@ class Frame:
 
 @dataclass(frozen=True, slots=True)
 class Detection:
-    """One detected object; ``xyxy`` in source-image pixels."""
+    """One detected object; ``xyxy`` in source-image pixels; ``track_id`` once the tracker matched it
+    (``edgedet/tracking.py``; None below the tracking threshold or with tracking off)."""
 
     label: str
     class_id: int
     score: float
     xyxy: tuple[float, float, float, float]
+    track_id: str | None = None
 
     def __post_init__(self) -> None:
         if len(self.xyxy) != 4:
@@ -68,3 +70,4 @@ class Detections:
     model: str
     items: tuple[Detection, ...]
     timings: dict[str, float] = field(default_factory=dict)
+    tracked: bool = False  # the tracker has set the items' track_id (edgedet/tracking.py)

@@ -15,6 +15,9 @@ PACKAGES=(
     gstreamer1.0-libav
     gstreamer1.0-tools
     prometheus
+    chromium
+    chromium-driver
+    iproute2
 )
 
 missing=()

@@ -1,9 +1,11 @@
 #!/usr/bin/env python3
 """`make demo`: run edgedet on the demo clip and show MQTT messages + a live latency summary.
 
-Starts a loopback mosquitto on 127.0.0.1:1883 when no broker answers there, runs
-`edgedet run -c config/demo.yaml`, subscribes to `edgedet/demo/#` and prints each message in one
-line plus a summary (fps, end-to-end p50/p95, drops) every 5 s, until Ctrl-C or DEMO_SECONDS.
+Prints the web console's URL first (http://127.0.0.1:9108/), starts a loopback mosquitto on
+127.0.0.1:1883 when no broker answers there, runs `edgedet run -c config/demo.yaml`, subscribes to
+`edgedet/demo/#` and prints each message in one line (binary payloads such as snapshots as
+`snapshot (N bytes)`) plus a summary (fps, end-to-end p50/p95, drops) every 5 s, until Ctrl-C or
+DEMO_SECONDS.
 """
 
 from __future__ import annotations
@@ -70,14 +72,22 @@ def pct(values: list[float], q: float) -> float:
 
 def main() -> int:
     seconds = float(os.environ.get("DEMO_SECONDS", "0")) or None
+    print(f"demo: web console on http://{HOST}:{METRICS_PORT}/ (cameras, events, verdicts; API: /openapi.json)",
+          flush=True)
     broker = start_broker()
     latencies: list[float] = []
     count = [0]
     lock = threading.Lock()
 
     def on_message(_c: mqtt.Client, _u: object, msg: mqtt.MQTTMessage) -> None:
-        text = msg.payload.decode(errors="replace")
-        if msg.topic.endswith("/detections"):
+        try:
+            text = msg.payload.decode()
+        except UnicodeDecodeError:
+            text = None
+        if text is None or msg.topic.endswith("/snapshot"):
+            kind = msg.topic.rsplit("/", 1)[-1] if msg.topic.endswith("/snapshot") else "binary payload"
+            print(f"{msg.topic} {kind} ({len(msg.payload)} bytes)")
+        elif msg.topic.endswith("/detections"):
             data = json.loads(text)
             with lock:
                 latencies.append(data["latency_ms"]["capture_to_publish"])

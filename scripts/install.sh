@@ -12,6 +12,14 @@
 #   --model FILE   copy a TorchScript model (from `edgedet export`) to /var/lib/edgedet/models/
 #   --skip-venv    leave the venv alone (no python -m venv, no pip); for tests and for hosts
 #                  where the venv is managed another way
+#   --local-broker CENTRAL_HOST[:PORT]
+#                  store-and-forward (docs/FLEET.md): a local mosquitto on 127.0.0.1:1883 bridged to
+#                  the central broker (cleansession false, queued QoS 1, TLS on port 8883 by default)
+#   --node ID      the node_id the bridge forwards (default: this host's short name)
+#   --topic-prefix P  the mqtt.topic_prefix (default edgedet)
+#   --bridge-ca FILE  CA of the central broker (required for TLS); --bridge-cert/--bridge-key FILE
+#                  a client certificate for it; --no-tls: plain MQTT to the centre (port 1883)
+#   --print-bridge CENTRAL_HOST[:PORT]  print the bridge section and exit (changes nothing)
 #
 # Environment: PYTHON (default python3) is the interpreter the venv is made from (>= 3.10).
 #
@@ -37,9 +45,17 @@ ENABLE=1
 MODEL=""
 SKIP_VENV=0
 PYTHON="${PYTHON:-python3}"
+LOCAL_BROKER=""
+PRINT_BRIDGE=""
+NODE_ID=""
+TOPIC_PREFIX=edgedet
+BRIDGE_CA=""
+BRIDGE_CERT=""
+BRIDGE_KEY=""
+BRIDGE_TLS=1
 
 usage() {
-    sed -n '4,16s/^# \{0,1\}//p' "${BASH_SOURCE[0]}"
+    sed -n '4,22s/^# \{0,1\}//p' "${BASH_SOURCE[0]}"
 }
 
 die() {
@@ -78,12 +94,20 @@ skip() {
 
 while (($# > 0)); do
     case "$1" in
-        --prefix | --root | --model)
+        --prefix | --root | --model | --local-broker | --print-bridge | --node | --topic-prefix | --bridge-ca \
+            | --bridge-cert | --bridge-key)
             (($# >= 2)) || bad_usage "$1 needs a value"
             case "$1" in
                 --prefix) PREFIX="$2" ;;
                 --root) ROOT="$2" ;;
                 --model) MODEL="$2" ;;
+                --local-broker) LOCAL_BROKER="$2" ;;
+                --print-bridge) PRINT_BRIDGE="$2" ;;
+                --node) NODE_ID="$2" ;;
+                --topic-prefix) TOPIC_PREFIX="$2" ;;
+                --bridge-ca) BRIDGE_CA="$2" ;;
+                --bridge-cert) BRIDGE_CERT="$2" ;;
+                --bridge-key) BRIDGE_KEY="$2" ;;
             esac
             shift 2
             ;;
@@ -93,10 +117,97 @@ while (($# > 0)); do
         --dry-run) DRY_RUN=1; shift ;;
         --no-enable) ENABLE=0; shift ;;
         --skip-venv) SKIP_VENV=1; shift ;;
+        --no-tls) BRIDGE_TLS=0; shift ;;
         -h | --help) usage; exit 0 ;;
         *) bad_usage "unknown argument: $1" ;;
     esac
 done
+
+# ------------------------------------------------------------------------------------ bridge
+
+readonly BRIDGE_CONF=/etc/mosquitto/conf.d/edgedet-bridge.conf
+readonly BRIDGE_CERTS=/etc/mosquitto/certs/edgedet
+
+# The bridge section for central broker $1 (HOST[:PORT]): the fleet contract's topics out, the
+# node's feedback (and info, for the duplicate-node check) in; queued QoS 1 in a persistent session.
+bridge_section() {
+    local central="$1" host port
+    host="${central%:*}"
+    port="${central##*:}"
+    if [[ "$host" == "$central" ]]; then
+        port=$((BRIDGE_TLS ? 8883 : 1883))
+    fi
+    local p="$TOPIC_PREFIX/$NODE_ID"
+    cat <<EOF
+# edgedet store-and-forward bridge (scripts/install.sh --local-broker; docs/FLEET.md)
+connection edgedet-uplink
+address $host:$port
+clientid edgedet-bridge-$NODE_ID
+cleansession false
+try_private true
+bridge_protocol_version mqttv311
+notifications true
+notifications_local_only false
+notification_topic $p/uplink
+restart_timeout 2 60
+topic $p/status out 1
+topic $p/info both 1
+topic $p/+/status out 1
+topic $p/+/stats out 1
+topic $p/+/events out 1
+topic $p/+/snapshot out 1
+topic $p/+/+/active out 1
+topic $p/feedback in 1
+EOF
+    if ((BRIDGE_TLS)); then
+        echo "bridge_cafile $BRIDGE_CERTS/ca.crt"
+        if [[ -n "$BRIDGE_CERT" ]]; then
+            echo "bridge_certfile $BRIDGE_CERTS/client.crt"
+            echo "bridge_keyfile $BRIDGE_CERTS/client.key"
+        fi
+    fi
+}
+
+# The whole conf.d file: a loopback-only listener for the daemon, deep queues, then the bridge.
+write_bridge_conf() {
+    local dst="$1"
+    mkdir -p -- "$(dirname -- "$dst")"
+    {
+        echo "# Written by edgedet's scripts/install.sh --local-broker; re-running it replaces this file."
+        echo "listener 1883 127.0.0.1"
+        echo "allow_anonymous true"
+        echo "# Queued QoS 1 messages for the bridge while the uplink is down (0 = no byte limit)."
+        echo "max_queued_messages 100000"
+        echo "max_queued_bytes 0"
+        bridge_section "$LOCAL_BROKER"
+    } >"$dst.new"
+    chmod 0644 "$dst.new"
+    mv -f -- "$dst.new" "$dst"
+}
+
+if [[ -z "$NODE_ID" ]]; then
+    NODE_ID="$(hostname -s 2>/dev/null || echo edgedet)"
+fi
+[[ "$NODE_ID" =~ ^[A-Za-z0-9._-]+$ ]] || bad_usage "--node: use letters, digits, '.', '_' and '-' (got '$NODE_ID')"
+[[ "$TOPIC_PREFIX" =~ ^[A-Za-z0-9._/-]+$ && "$TOPIC_PREFIX" != /* && "$TOPIC_PREFIX" != */ ]] \
+    || bad_usage "--topic-prefix: MQTT levels of letters, digits, '.', '_', '-' (got '$TOPIC_PREFIX')"
+for central in "$LOCAL_BROKER" "$PRINT_BRIDGE"; do
+    [[ -z "$central" || "$central" =~ ^[A-Za-z0-9.-]+(:[0-9]{1,5})?$ ]] \
+        || bad_usage "--local-broker: expected HOST[:PORT] (got '$central')"
+done
+if [[ -n "$PRINT_BRIDGE" ]]; then
+    bridge_section "$PRINT_BRIDGE"
+    exit 0
+fi
+if [[ -n "$LOCAL_BROKER" ]] && ((BRIDGE_TLS)); then
+    [[ -n "$BRIDGE_CA" ]] || bad_usage "--local-broker: TLS to the centre needs --bridge-ca FILE (or --no-tls)"
+    for f in "$BRIDGE_CA" ${BRIDGE_CERT:+"$BRIDGE_CERT"} ${BRIDGE_KEY:+"$BRIDGE_KEY"}; do
+        [[ -f "$f" && -r "$f" ]] || bad_usage "--bridge-ca/--bridge-cert/--bridge-key: no readable file at '$f'"
+    done
+    if [[ -n "$BRIDGE_CERT" && -z "$BRIDGE_KEY" ]] || [[ -z "$BRIDGE_CERT" && -n "$BRIDGE_KEY" ]]; then
+        bad_usage "--bridge-cert and --bridge-key go together"
+    fi
+fi
 
 [[ "$PREFIX" == /* ]] || bad_usage "--prefix must be an absolute path (got '$PREFIX')"
 PREFIX="${PREFIX%/}"
@@ -378,6 +489,34 @@ step_dirs
 step_venv
 step_model
 step_config
+step_local_broker() {
+    [[ -n "$LOCAL_BROKER" ]] || return 0
+    if [[ -z "$ROOT" ]] && ! command -v mosquitto >/dev/null; then
+        run apt-get install -y --no-install-recommends mosquitto
+    fi
+    if ((BRIDGE_TLS)); then
+        ensure_dir "$BRIDGE_CERTS" 0750 root mosquitto
+        own root mosquitto
+        run install -m 0640 "${OWN[@]}" "$BRIDGE_CA" "$ROOT$BRIDGE_CERTS/ca.crt"
+        if [[ -n "$BRIDGE_CERT" ]]; then
+            run install -m 0640 "${OWN[@]}" "$BRIDGE_CERT" "$ROOT$BRIDGE_CERTS/client.crt"
+            run install -m 0640 "${OWN[@]}" "$BRIDGE_KEY" "$ROOT$BRIDGE_CERTS/client.key"
+        fi
+    fi
+    run write_bridge_conf "$ROOT$BRIDGE_CONF"
+    if [[ -n "$ROOT" ]]; then
+        skip "--root" systemctl enable --now mosquitto.service
+        skip "--root" systemctl restart mosquitto.service
+    elif [[ -d /run/systemd/system ]]; then
+        run systemctl enable --now mosquitto.service
+        run systemctl restart mosquitto.service
+    else
+        skip "systemd is not running" systemctl restart mosquitto.service
+    fi
+    note "set mqtt.host: 127.0.0.1 and node_id: $NODE_ID in $CONFIG: the local broker forwards to $LOCAL_BROKER"
+}
+
 step_unit
+step_local_broker
 step_systemd
 note "done"

@@ -6,8 +6,12 @@ From the two real photos that ship with the ultralytics package (found without i
 - ``DIR/demo.mp4``         slow pan/zoom across bus.jpg, then zidane.jpg (persons in every frame)
 - ``DIR/frames/%05d.jpg``  the same frames as JPEGs (input of edgedet/bench/rtsp_server.py)
 - ``DIR/bus.jpg``, ``DIR/zidane.jpg``  copies of the photos
-- ``DIR/enter_leave.mp4``  person visible ~3 s, absent ~4 s, visible again ~3 s
+- ``DIR/enter_leave.mp4``  one person visible ~3 s, absent ~4 s, visible again ~3 s
 - ``DIR/enter_leave.json`` the frame ranges of those three segments
+- ``DIR/static_scene.mp4`` a still hillside (60 s, 5 fps, 640x360) where one person (from
+  zidane.jpg) appears three times for 4 s; ``DIR/static_scene.json`` the time ranges
+- ``DIR/slow_plume.mp4``   the same still hillside with a soft grey plume growing over 60 s
+  (2 fps); ``DIR/slow_plume.json`` when it starts and its radius per second
 
 Idempotent: an output that already exists is kept unless ``--force``. Outputs are written under
 a temporary name and renamed, so an interrupted run never leaves a half-written file behind.
@@ -147,7 +151,9 @@ def enter_leave_segments(fps: float) -> list[dict[str, Any]]:
 def enter_leave_frames(
     zidane: np.ndarray, size: tuple[int, int], segments: list[dict[str, Any]]
 ) -> Iterator[np.ndarray]:
-    """People (zidane.jpg, slight drift), then an empty grey scene, then the people again."""
+    """One person (the right-hand person of zidane.jpg, slight drift), then an empty grey scene,
+    then the same person again: one object per appearance for the tracker."""
+    zidane = np.ascontiguousarray(zidane[:, zidane.shape[1] * 9 // 16:])  # the right person only
     zid_h, zid_w = zidane.shape[:2]
     wide, close = (1.0, zid_w / 2, zid_h / 2), (1.1, zid_w * 0.52, zid_h * 0.52)
     for index, segment in enumerate(segments):
@@ -251,6 +257,88 @@ def make_enter_leave(
     return [clip, meta]
 
 
+STILL_SIZE = (640, 360)
+STATIC_FPS = 5.0
+STATIC_SECONDS = 60.0
+APPEARANCES = ((8.0, 12.0), (26.0, 30.0), (46.0, 50.0))  # seconds with the people in view
+PLUME_FPS = 2.0
+PLUME_START_S = 5.0
+
+
+def hillside(size: tuple[int, int], seed: int = 7) -> np.ndarray:
+    """A still, textured landscape: sky gradient, a ridge line, noise-textured slopes."""
+    width, height = size
+    rng = np.random.default_rng(seed)
+    y = np.linspace(0.0, 1.0, height, dtype=np.float32)[:, None]
+    sky = np.stack([200 - 40 * y, 170 - 30 * y, 120 - 20 * y], axis=2) * np.ones((1, width, 1), np.float32)
+    x = np.arange(width, dtype=np.float32)
+    ridge = (0.45 + 0.08 * np.sin(x / 70.0) + 0.04 * np.sin(x / 23.0)) * height
+    slope = y * height > ridge[None, :]
+    texture = cv2.GaussianBlur(rng.uniform(-25, 25, (height, width)).astype(np.float32), (0, 0), 3)
+    ground = np.stack([60 + texture, 95 + texture, 70 + texture], axis=2)
+    image = np.where(slope[:, :, None], ground, sky)
+    return np.clip(image, 0, 255).astype(np.uint8)
+
+
+def static_scene_frames(zidane: np.ndarray, still: np.ndarray) -> Iterator[np.ndarray]:
+    """The still hillside; during each appearance one person (the right-hand person of zidane.jpg)
+    stands in the lower half: one object per appearance."""
+    h, w = still.shape[:2]
+    person = zidane[:, zidane.shape[1] * 9 // 16:]
+    people = cv2.resize(person, (w // 3, round(person.shape[0] * (w / 3) / person.shape[1])))
+    people = people[: h * 3 // 4]  # at most three quarters of the frame high
+    ph, pw = people.shape[:2]
+    for i in range(round(STATIC_SECONDS * STATIC_FPS)):
+        t = i / STATIC_FPS
+        frame = still.copy()
+        if any(a <= t < b for a, b in APPEARANCES):
+            x0 = w // 4 + int(4 * np.sin(t))  # a slight sway: a person is never frozen
+            frame[h - ph:, x0:x0 + pw] = people
+        yield frame
+
+
+def plume_radius(t: float) -> float:
+    return 0.0 if t < PLUME_START_S else 6.0 + 1.6 * (t - PLUME_START_S)  # px at 640x360
+
+
+def slow_plume_frames(still: np.ndarray) -> Iterator[np.ndarray]:
+    """A soft grey blob, rising from a point on the slope, growing for 60 s on the still hillside."""
+    h, w = still.shape[:2]
+    for i in range(round(STATIC_SECONDS * PLUME_FPS)):
+        r = plume_radius(i / PLUME_FPS)
+        frame = still.copy()
+        if r > 0:
+            mask = np.zeros((h, w), np.float32)
+            cv2.ellipse(mask, (int(w * 0.6), int(h * 0.6 - r * 0.6)), (int(r), int(r * 1.3)), 0, 0, 360, 1.0, -1)
+            mask = cv2.GaussianBlur(mask, (0, 0), max(1.0, r / 3))[:, :, None] * 0.55
+            frame = (frame * (1 - mask) + np.array([205, 205, 205], np.float32) * mask).astype(np.uint8)
+        yield frame
+
+
+def write_meta(path: Path, data: dict[str, Any]) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(data, indent=2) + "\n")
+    os.replace(tmp, path)
+
+
+def make_still_clips(out: Path, zidane: np.ndarray, force: bool) -> list[Path]:
+    written: list[Path] = []
+    still = hillside(STILL_SIZE)
+    scene, scene_meta = out / "static_scene.mp4", out / "static_scene.json"
+    if force or not (scene.is_file() and scene_meta.is_file()):
+        write_video(scene, static_scene_frames(zidane, still), STATIC_FPS, STILL_SIZE)
+        write_meta(scene_meta, {"fps": STATIC_FPS, "seconds": STATIC_SECONDS,
+                                "appearances": [{"start_s": a, "end_s": b} for a, b in APPEARANCES]})
+        written += [scene, scene_meta]
+    plume, plume_meta = out / "slow_plume.mp4", out / "slow_plume.json"
+    if force or not (plume.is_file() and plume_meta.is_file()):
+        write_video(plume, slow_plume_frames(still), PLUME_FPS, STILL_SIZE)
+        write_meta(plume_meta, {"fps": PLUME_FPS, "seconds": STATIC_SECONDS, "start_s": PLUME_START_S,
+                                "radius_px": [plume_radius(s) for s in range(int(STATIC_SECONDS))]})
+        written += [plume, plume_meta]
+    return written
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out-dir", required=True, type=Path, help="output folder (created)")
@@ -286,6 +374,7 @@ def main(argv: list[str] | None = None) -> int:
         cv2.setNumThreads(max(1, min(4, os.cpu_count() or 1)))
         written += make_demo(out, bus, zidane, args.size, args.fps, args.seconds, args.force)
         written += make_enter_leave(out, zidane, args.size, args.fps, args.force)
+        written += make_still_clips(out, zidane, args.force)
     except (OSError, RuntimeError) as exc:
         print(f"make_clip: {exc}", file=sys.stderr)
         return 1

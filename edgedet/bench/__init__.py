@@ -13,7 +13,8 @@ Sections: ``raw`` (forward only), ``pipeline`` (the daemon's own FrameHub, Camer
 on the file with back-pressure, counting sink, no MQTT), ``ultralytics``
 (``YOLO(...).predict(stream=True)``), ``live`` (a real-time 25 fps source: end-to-end latency,
 frame age, drops, per-stage medians), ``rect`` (optional aspect-matched model), ``ratios`` and
-``targets``.
+``targets``. ``--motion`` runs only ``edgedet.bench.motion`` (detect.mode always vs motion on the
+generated clips, the motion measure's cost, cameras per mode).
 
 Parent side: ``options`` (flags), ``runner`` (the rounds), ``live`` (the RTSP test server and the
 live row), ``machine`` (box info), ``report`` (medians, ratios, targets, table), ``spawn`` (specs
@@ -27,6 +28,7 @@ import json
 import logging
 from collections.abc import Sequence
 
+from edgedet.bench.motion import format_motion, run_motion
 from edgedet.bench.options import build_parser, resolve_options
 from edgedet.bench.report import format_report
 from edgedet.bench.runner import run_bench
@@ -43,12 +45,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         setup_logging("INFO")
     try:
         opts = resolve_options(args)
-        result = run_bench(opts)
+        if opts.motion:  # edgedet.bench.motion: always vs motion on the generated clips
+            result = run_motion(opts.model, opts.video.parent, opts.video, opts.min_interval_s, opts.max_interval_s,
+                                opts.threads)
+        else:
+            result = run_bench(opts)
     except EdgedetError as exc:
         return report(exc)
     except KeyboardInterrupt:
         return 130
-    print(format_report(result), flush=True)
+    print(format_motion(result) if opts.motion else format_report(result), flush=True)
     if opts.json_path is not None:
         opts.json_path.parent.mkdir(parents=True, exist_ok=True)
         opts.json_path.write_text(json.dumps(result, indent=2) + "\n")

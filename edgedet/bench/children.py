@@ -14,7 +14,16 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from edgedet.bench.spawn import BenchError, EdgeSpec, LiveSpec, UltraSpec, load_spec
+from edgedet.bench.spawn import (
+    BenchError,
+    CandidateSpec,
+    EdgeSpec,
+    LiveSpec,
+    MotionSpec,
+    UltraExportSpec,
+    UltraSpec,
+    load_spec,
+)
 
 
 def main(argv: Sequence[str]) -> int:
@@ -25,6 +34,10 @@ def main(argv: Sequence[str]) -> int:
         from edgedet.bench.measure import measure_edge
 
         result = measure_edge(load_spec(EdgeSpec, spec_text))
+    elif kind == LiveSpec.kind and load_spec(LiveSpec, spec_text).viewers:
+        from edgedet.bench.viewers import measure_viewers
+
+        result = measure_viewers(load_spec(LiveSpec, spec_text))
     elif kind == LiveSpec.kind:
         from edgedet.bench.pipeline import measure_live
 
@@ -33,8 +46,20 @@ def main(argv: Sequence[str]) -> int:
         from edgedet.bench.ultra import measure_ultra
 
         result = measure_ultra(load_spec(UltraSpec, spec_text))
+    elif kind == CandidateSpec.kind:
+        from edgedet.bench.candidate import measure_candidate
+
+        result = measure_candidate(load_spec(CandidateSpec, spec_text))
+    elif kind == MotionSpec.kind:
+        from edgedet.bench.motion import measure_motion
+
+        result = measure_motion(load_spec(MotionSpec, spec_text))
+    elif kind == UltraExportSpec.kind:
+        from edgedet.bench.ultra_export import export_ultra
+
+        result = export_ultra(load_spec(UltraExportSpec, spec_text))
     else:
-        raise BenchError(f"unknown bench child kind {kind!r} (expected edge, live or ultra)")
+        raise BenchError(f"unknown bench child kind {kind!r} (expected edge, live, ultra, candidate, ultra-export)")
     Path(out_path).write_text(json.dumps(result))
     return 0
 

@@ -58,6 +58,16 @@ def run_live(opts: Options) -> dict[str, Any]:
     return result
 
 
+def run_viewers(opts: Options) -> dict[str, Any]:
+    """The live-viewers row: the video paced at its fps, pipeline fps without and with
+    ``opts.viewers`` MJPEG viewers of the web console, alternating in one child."""
+    spec = LiveSpec(model=str(opts.model), source="file", url=str(opts.video), seconds=opts.live_seconds,
+                    warmup_s=opts.live_warmup_s, workers=opts.workers, threads=opts.threads,
+                    queue_size=opts.queue_size, viewers=opts.viewers)
+    log.info("viewers: %d MJPEG viewer(s) on and off, %g s", opts.viewers, 2 * opts.live_seconds)
+    return run_child(spec, timeout=180.0 + 2 * opts.live_seconds + opts.live_warmup_s)
+
+
 def rtsp_unavailable(script: Path, frames: Path | None) -> str | None:
     """Why the RTSP test server cannot serve ``frames`` here, or None when it can."""
     if not script.is_file():

@@ -38,6 +38,12 @@ class Options:
     queue_size: int
     quick: bool
     json_path: Path | None
+    viewers: int = 0  # > 0: also the live-viewers row (MJPEG viewers of the web console)
+    variants: tuple[Path, ...] = ()  # other backends / precisions of the model (edgedet.bench.variants)
+    ultra_int8: bool = False  # Ultralytics' own OpenVINO int8 export as the peer's fastest row
+    motion: bool = False  # only the detect.mode always-vs-motion comparison (edgedet.bench.motion)
+    min_interval_s: float = 0.5
+    max_interval_s: float = 10.0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -67,6 +73,20 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--queue-size", type=int, default=None, help="camera queue size (default: config default)")
     ap.add_argument("--quick", action="store_true",
                     help="few frames, 1 round, short live window, Ultralytics only at forced threads (for tests)")
+    ap.add_argument("--viewers", type=int, default=0, metavar="N",
+                    help="also measure pipeline fps with N live MJPEG viewers of the web console vs none "
+                    "(needs the web extra; default: skipped)")
+    ap.add_argument("--variant", action="append", default=[], metavar="PATH",
+                    help="another export of the model (bf16 TorchScript, OpenVINO f32/bf16/int8, ONNX fp32/int8): "
+                         "raw forward and pipeline rows at 1xN and Nx1 threads (repeatable)")
+    ap.add_argument("--ultra-int8", action="store_true",
+                    help="also export --weights with Ultralytics' own OpenVINO int8 (calibrated on 60 clip frames) "
+                         "and run it with Ultralytics: the peer's fastest CPU row")
+    ap.add_argument("--motion", action="store_true",
+                    help="only compare detect.mode always and motion on the generated static_scene and slow_plume "
+                         "clips (next to --video), with the motion measure's cost and cameras per mode")
+    ap.add_argument("--min-interval", type=float, default=0.5, metavar="S", help="--motion: detect.min_interval_s")
+    ap.add_argument("--max-interval", type=float, default=10.0, metavar="S", help="--motion: detect.max_interval_s")
     ap.add_argument("--json", default=None, metavar="FILE", help="also write the full results as JSON")
     return ap
 
@@ -127,4 +147,17 @@ def resolve_options(args: argparse.Namespace) -> Options:
         queue_size=int(args.queue_size or _queue_default()),
         quick=quick,
         json_path=Path(args.json) if args.json else None,
+        viewers=max(0, int(args.viewers or 0)),
+        variants=tuple(_variant(v) for v in args.variant),
+        ultra_int8=bool(args.ultra_int8),
+        motion=bool(args.motion),
+        min_interval_s=float(args.min_interval),
+        max_interval_s=float(args.max_interval),
     )
+
+
+def _variant(path: str) -> Path:
+    p = Path(path)
+    if not p.exists():
+        raise InputError(f"--variant {p}: no such file or directory")
+    return p

@@ -121,14 +121,14 @@ class Pipeline:
 
 @contextmanager
 def running(detector: Detector, camera: CameraConfig, count: int,
-            sources: SourceFactory = opencv_sources) -> Iterator[Pipeline]:
+            sources: SourceFactory = opencv_sources, sink: Recorder | None = None) -> Iterator[Pipeline]:
     """The pipeline on one camera with ``count`` workers, started in ``app.run``'s order (workers,
     then capture); on exit stopped, and BenchError when a worker crashed."""
     stop = threading.Event()
     registry = CollectorRegistry()
     metrics = Metrics(registry)
     hub = FrameHub(stop, metrics)
-    sink = Recorder()
+    sink = sink if sink is not None else Recorder()
     pool = WorkerPool(hub, sink, metrics, on_crash=lambda _exc: stop.set())
     cameras = CameraSet(hub, metrics, None, sources)
     pool.start(detector, DecodeOptions(), count)

@@ -11,6 +11,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+from edgedet.bench.costs import format_costs
 from edgedet.bench.spawn import UltraRow
 
 # Targets (printed, never asserted by tests).
@@ -18,6 +19,8 @@ TARGET_PIPELINE_VS_RAW = 0.95
 TARGET_VS_ULTRA_TORCHSCRIPT = 1.5
 TARGET_VS_ULTRA_PT = 1.2
 TARGET_LIVE_P50_SLACK_MS = 15.0
+TARGET_VS_ULTRA_FASTEST = 1.2  # edgedet's fastest accepted setup vs Ultralytics' OpenVINO int8
+TARGET_MIN_F1 = 0.95
 
 
 def _r(value: float | None, digits: int = 3) -> float | None:
@@ -175,6 +178,12 @@ def ratios_and_targets(report: dict[str, Any]) -> tuple[dict[str, Any], list[dic
         ratios["rect_pipeline_vs_ultralytics_pt"] = _ratio(
             report["rect"]["pipeline"]["fps"], pt["fps"] if pt else None,
             "rect pipeline fps / Ultralytics .pt best fps (same input size)")
+    fastest = _fastest_accepted(report)
+    peer = ultra.get("best_any")
+    if fastest is not None and peer:
+        ratios["fastest_vs_ultralytics_fastest"] = _ratio(
+            fastest["pipeline_fps"], peer["fps"],
+            f"edgedet fastest accepted ({fastest['name']}) / Ultralytics fastest ({peer['name']})")
     live = report["live"]
     p50, inf = live["e2e_ms"]["p50"], live["stages_ms"]["inference"]
     limit = None if inf is None else round(inf + TARGET_LIVE_P50_SLACK_MS, 2)
@@ -192,7 +201,16 @@ def ratios_and_targets(report: dict[str, Any]) -> tuple[dict[str, Any], list[dic
                ratios["pipeline_vs_ultralytics_pt"]["value"], TARGET_VS_ULTRA_PT, True),
         target(f"live p50 <= inference median + {TARGET_LIVE_P50_SLACK_MS:g} ms", p50, limit, False),
     ]
+    if "fastest_vs_ultralytics_fastest" in ratios:
+        targets.append(target(f"fastest accepted >= {TARGET_VS_ULTRA_FASTEST}x Ultralytics fastest",
+                              ratios["fastest_vs_ultralytics_fastest"]["value"], TARGET_VS_ULTRA_FASTEST, True))
     return ratios, targets
+
+
+def _fastest_accepted(report: dict[str, Any]) -> dict[str, Any] | None:
+    """The fastest variant row whose F1 against fp32 (from its export) is >= TARGET_MIN_F1."""
+    rows = [r for r in report.get("variants") or [] if "error" not in r and (r.get("f1") or 0) >= TARGET_MIN_F1]
+    return max(rows, key=lambda r: r["pipeline_fps"], default=None)
 
 
 def format_report(rep: dict[str, Any]) -> str:
@@ -258,6 +276,23 @@ def format_report(rep: dict[str, Any]) -> str:
         + (f"  rtsp server CPU {lv['rtsp_server_cpu_pct']:.0f}%" if lv.get("rtsp_server_cpu_pct") is not None else ""))
     add("   stage medians ms: " + _stages(lv["stages_ms"]))
 
+    vw = rep.get("viewers")
+    if vw:
+        add(f"   {vw['viewers']} live MJPEG viewers ({vw['phases']} alternating phases of {vw['phase_s']:g} s): "
+            f"pipeline fps {vw['fps_without']:.2f} without, {vw['fps_with']:.2f} with = {vw['ratio']:.3f}x; "
+            f"{vw['encoded']} JPEGs encoded for {vw['parts_received']} parts sent")
+
+    if rep.get("variants"):
+        from edgedet.bench.variants import format_variants
+
+        add("")
+        add("variants: other backends and precisions (F1: detection agreement with fp32, from the export)")
+        for line in format_variants(rep["variants"]):
+            add(line)
+        export = rep.get("ultra_int8_export")
+        if export:
+            add(f"   Ultralytics int8 export: {export['export_s']:.0f} s on {export['frames']} clip frames")
+
     rect = rep.get("rect")
     if rect:
         add("")
@@ -273,6 +308,9 @@ def format_report(rep: dict[str, Any]) -> str:
     for t in rep["targets"]:
         verdict = {True: "OK", False: "MISS", None: "n/a"}[t["ok"]]
         add(f"   {t['name']:62} {_fmt(t['value'])} (limit {_fmt(t['limit'])}) {verdict}")
+    if "costs" in rep:
+        add("")
+        lines.extend(format_costs(rep["costs"]))
     add(f"   elapsed {rep.get('elapsed_s', 0):.0f} s")
     return "\n".join(lines)
 

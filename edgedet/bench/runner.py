@@ -8,10 +8,12 @@ median over rounds.
 from __future__ import annotations
 
 import logging
+import shutil
 import time
 from typing import Any
 
-from edgedet.bench.live import run_live
+from edgedet.bench.costs import measure_costs
+from edgedet.bench.live import run_live, run_viewers
 from edgedet.bench.machine import (
     cpu_snapshot,
     has_module,
@@ -31,6 +33,7 @@ from edgedet.bench.report import (
     summarise_ultra,
 )
 from edgedet.bench.spawn import BenchError, EdgeSpec, UltraRow, UltraSpec, run_child
+from edgedet.bench.variants import export_ultra_int8, run_variants, summarise_variants
 from edgedet.model.torchscript import read_metadata  # no torch
 
 log = logging.getLogger(__name__)
@@ -78,7 +81,9 @@ def run_bench(opts: Options) -> dict[str, Any]:
                 log.warning("ultralytics %s failed: %s", row.name, exc)
                 ultra_errors[row.name] = str(exc)
 
+    variant_rounds, ultra_int8 = _variant_rounds(opts, machine["cores"], ultra_rows, ultra_runs, ultra_errors)
     live = run_live(opts)
+    viewers = run_viewers(opts) if opts.viewers else None
     report: dict[str, Any] = {
         "machine": {**machine, **_torch_info(edge_runs[0]), "loadavg_start": load_start, "loadavg_end": loadavg(),
                     "other_cpu_pct": other_cpu_pct(cpu_start, cpu_snapshot(), machine["cores"])},
@@ -99,13 +104,65 @@ def run_bench(opts: Options) -> dict[str, Any]:
         "diagnostics": summarise_diag(edge_runs),
         "ultralytics": summarise_ultra(ultra_rows, ultra_runs, ultra_errors, ultra_note),
         "live": live,
+        "viewers": viewers,
         "rect": None,
     }
+    report["variants"] = summarise_variants(variant_rounds) if variant_rounds else None
+    report["ultra_int8_export"] = ultra_int8
+    if report["ultralytics"]["rows"]:
+        report["ultralytics"]["best_any"] = _pick_best(report["ultralytics"]["rows"])
     if rect_info is not None and rect_runs:
         report["rect"] = summarise_rect(report, rect_runs, str(opts.model_rect), rect_info.imgsz)
     report["ratios"], report["targets"] = ratios_and_targets(report)
+    report["costs"] = measure_costs()  # tracker and motion measure, in this process (no torch)
     report["elapsed_s"] = round(time.monotonic() - started, 1)
     return report
+
+
+def _variant_rounds(opts: Options, cores: int, ultra_rows: list[UltraRow],
+                    ultra_runs: dict[str, list[dict[str, Any]]], ultra_errors: dict[str, str],
+                    ) -> tuple[list[dict[str, Any]], dict[str, Any] | None]:
+    """Variant rows and the Ultralytics int8 peer row, round by round (after the main rounds)."""
+    import tempfile
+    from pathlib import Path
+
+    if not opts.variants and not (opts.ultra_int8 and opts.weights is not None):
+        return [], None
+    with tempfile.TemporaryDirectory(prefix="edgedet-bench-ultra-int8-") as tmp:
+        export: dict[str, Any] | None = None
+        rows: list[UltraRow] = []
+        if opts.ultra_int8 and opts.weights is not None:
+            work = Path(tmp)
+            shutil.copy2(opts.weights, work / opts.weights.name)  # export() writes beside the weights
+            try:
+                export = export_ultra_int8(work / opts.weights.name, str(opts.video), work, 640)
+            except BenchError as exc:
+                log.warning("ultralytics int8 export failed: %s", exc)
+                ultra_errors["openvino int8"] = str(exc)
+            if export is not None:
+                for threads in ([None] if opts.ultra_default_threads else []) + [cores]:
+                    label = "default threads" if threads is None else f"{threads} threads"
+                    rows.append(UltraRow(name=f"openvino int8 {label}", format="openvino", weights=export["model"],
+                                         imgsz=640, rect=False, threads=threads))
+        ultra_rows.extend(rows)
+        rounds = []
+        for rnd in range(opts.repeats):
+            log.info("round %d/%d: variants", rnd + 1, opts.repeats)
+            rounds.append(run_variants(list(opts.variants), str(opts.video), opts.frames, opts.raw_iters,
+                                       opts.queue_size, cores, _edge_timeout(opts)))
+            for row in rows:
+                env = {"OMP_NUM_THREADS": str(row.threads)} if row.threads else {}
+                try:
+                    spec = UltraSpec.of(row, video=str(opts.video), frames=opts.frames)
+                    ultra_runs.setdefault(row.name, []).append(run_child(spec, timeout=_ultra_timeout(opts), env=env))
+                except BenchError as exc:
+                    ultra_errors[row.name] = str(exc)
+    return [r for r in rounds if r], export
+
+
+def _pick_best(rows: list[dict[str, Any]]) -> dict[str, Any] | None:
+    ok = [r for r in rows if r.get("fps")]
+    return {k: r[k] for k in ("name", "fps")} if (r := max(ok, key=lambda x: x["fps"], default=None)) else None
 
 
 def _edge_timeout(opts: Options) -> float:

@@ -54,6 +54,7 @@ class LiveSpec:
     workers: int | None
     threads: int | None
     queue_size: int
+    viewers: int = 0  # > 0: the "live viewers" row (edgedet.bench.viewers): fps without / with MJPEG viewers
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,8 +82,49 @@ class UltraSpec(UltraRow):
         return cls(**asdict(row), video=video, frames=frames)
 
 
-Spec = EdgeSpec | LiveSpec | UltraSpec
-S = TypeVar("S", EdgeSpec, LiveSpec, UltraSpec)
+@dataclass(frozen=True, slots=True)
+class CandidateSpec:
+    """One model file of any backend and precision at one thread layout: raw forward and pipeline
+    (``edgedet tune`` and the bench's variant rows)."""
+
+    kind: ClassVar[str] = "candidate"
+    model: str
+    backend: str  # auto | torchscript | onnxruntime | openvino
+    video: str
+    frames: int | None
+    workers: int
+    threads: int
+    queue_size: int
+    raw_iters: int
+
+
+@dataclass(frozen=True, slots=True)
+class UltraExportSpec:
+    """Ultralytics' own OpenVINO int8 export of ``weights``, calibrated on ``frames`` clip frames."""
+
+    kind: ClassVar[str] = "ultra-export"
+    weights: str
+    video: str
+    work: str
+    imgsz: int
+    frames: int
+
+
+@dataclass(frozen=True, slots=True)
+class MotionSpec:
+    """detect.mode always vs motion on the generated clips (edgedet.bench.motion)."""
+
+    kind: ClassVar[str] = "motion"
+    model: str
+    clips_dir: str
+    video: str  # a 1280x720 clip for the cost of the motion measure
+    min_interval_s: float
+    max_interval_s: float
+    threads: int | None
+
+
+Spec = EdgeSpec | LiveSpec | UltraSpec | CandidateSpec | UltraExportSpec | MotionSpec
+S = TypeVar("S", EdgeSpec, LiveSpec, UltraSpec, CandidateSpec, UltraExportSpec, MotionSpec)
 
 
 def load_spec(cls: type[S], text: str) -> S:

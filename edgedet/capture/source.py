@@ -6,11 +6,15 @@ from __future__ import annotations
 import logging
 import math
 import os
+import socket
 import threading
 import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from functools import cache
 from pathlib import Path
 from typing import Literal, Protocol
+from urllib.parse import urlsplit, urlunsplit
 
 import cv2
 import numpy as np
@@ -22,10 +26,15 @@ log = logging.getLogger("edgedet.capture")
 
 SourceKind = Literal["rtsp", "http", "file", "device"]
 
-# OPENCV_FFMPEG_CAPTURE_OPTIONS is process-global and read by OpenCV when a capture opens:
-# set it (and restore it) under this lock so concurrent opens never see another's value.
+# OPENCV_FFMPEG_CAPTURE_OPTIONS is process-global and read by OpenCV when a capture opens. Opens
+# that need the same value share it and run at once; only an open that needs another value (another
+# rtsp transport) waits until the opens in flight are done. See ``FfmpegOptionsGate``.
+#
+# OpenCV itself serialises FFmpeg opens (a static mutex in cap_ffmpeg_impl.hpp, held for the whole
+# avformat_open_input: measured 1.5 s of wait behind a silent peer on OpenCV 5.0). So before an RTSP
+# open, ``probe()`` asks the server for OPTIONS from Python, with the open timeout: a dead camera
+# (a host or a server that accepts and never answers) fails there and never holds OpenCV's mutex.
 _FFMPEG_ENV = "OPENCV_FFMPEG_CAPTURE_OPTIONS"
-_ffmpeg_env_lock = threading.Lock()
 
 _MAX_SANE_FPS = 1000.0  # some RTSP servers report the 90 kHz clock as fps
 
@@ -138,17 +147,13 @@ class OpenCvSource:
             cv2.CAP_PROP_READ_TIMEOUT_MSEC, int(self.read_timeout_s * 1000),
         ]  # fmt: skip
         started = time.monotonic()
+        if self.kind == "rtsp" and not probe(str(self.url), self.open_timeout_s):
+            raise CaptureError(f"cannot open {self.display_url}: no answer within {self.open_timeout_s:g} s")
+        left_ms = int(max(0.1, self.open_timeout_s - (time.monotonic() - started)) * 1000)
+        params[1] = left_ms  # the probe and the open share the open timeout
         if self.kind == "rtsp":
-            with _ffmpeg_env_lock:
-                previous = os.environ.get(_FFMPEG_ENV)
-                os.environ[_FFMPEG_ENV] = _with_rtsp_transport(previous, self.transport)
-                try:
-                    cap = cv2.VideoCapture(str(self.url), cv2.CAP_FFMPEG, params)
-                finally:
-                    if previous is None:
-                        os.environ.pop(_FFMPEG_ENV, None)
-                    else:
-                        os.environ[_FFMPEG_ENV] = previous
+            with FFMPEG_OPTIONS.using(lambda base: _with_rtsp_transport(base, self.transport)):
+                cap = cv2.VideoCapture(str(self.url), cv2.CAP_FFMPEG, params)
         else:
             cap = cv2.VideoCapture(str(self.url), cv2.CAP_FFMPEG, params)
         if not cap.isOpened():
@@ -209,6 +214,92 @@ class OpenCvSource:
         cap, self._cap = self._cap, None
         if cap is not None:
             cap.release()
+
+
+_DEFAULT_PORTS = {"rtsp": 554, "rtsps": 322}
+
+
+def probe(url: str, timeout_s: float) -> bool:
+    """False when the camera's server cannot answer within ``timeout_s``: the TCP connect times out, or
+    (plain ``rtsp://``) it accepts but sends nothing back to an ``OPTIONS`` request. True otherwise,
+    also for a refused or reset connection or a URL this cannot parse: OpenCV then fails fast itself
+    with its own reason. ``rtsps://`` gets the connect only (a request would need TLS). HTTP sources
+    are not probed: an extra connection starts a stream, and some cameras allow only one."""
+    try:
+        parts = urlsplit(url)
+        host, port = parts.hostname, parts.port or _DEFAULT_PORTS.get(parts.scheme.lower())
+    except ValueError:
+        return True
+    if not host or port is None:
+        return True
+    deadline = time.monotonic() + timeout_s
+    try:
+        with socket.create_connection((host, port), timeout=timeout_s) as sock:
+            if parts.scheme.lower() != "rtsp":
+                return True
+            target = urlunsplit(("rtsp", parts.netloc.rpartition("@")[2], parts.path or "/", parts.query, ""))
+            sock.settimeout(max(0.01, deadline - time.monotonic()))
+            sock.sendall(f"OPTIONS {target} RTSP/1.0\r\nCSeq: 1\r\nUser-Agent: edgedet\r\n\r\n".encode())
+            sock.recv(1)
+    except TimeoutError:
+        return False
+    except OSError:
+        return True
+    return True
+
+
+class FfmpegOptionsGate:
+    """Shares the process-wide ``OPENCV_FFMPEG_CAPTURE_OPTIONS`` between concurrent opens.
+
+    ``with gate.using(make): open...``: ``make(operator's value)`` is the value this open needs. Opens
+    needing the value already in force join the ones in flight at once; an open needing another value
+    waits until none is in flight, and while it waits new opens of the current value queue behind it
+    (so it cannot starve). The variable is set while opens are in flight and restored after the last.
+    """
+
+    def __init__(self, env: str = _FFMPEG_ENV) -> None:
+        self.env = env
+        self._cond = threading.Condition()
+        self._inflight = 0
+        self._value: str | None = None  # the value in force while opens are in flight
+        self._base: str | None = None  # the operator's value, restored after the last open
+        self._queued: dict[str, int] = {}  # value -> opens waiting for it
+
+    @contextmanager
+    def using(self, make: Callable[[str | None], str]) -> Iterator[None]:
+        with self._cond:
+            base = os.environ.get(self.env) if self._inflight == 0 else self._base
+            value = make(base)
+            self._queued[value] = self._queued.get(value, 0) + 1
+            try:
+                while self._inflight and (
+                    self._value != value or any(n for v, n in self._queued.items() if v != value)
+                ):
+                    self._cond.wait()
+            finally:
+                self._queued[value] -= 1
+                if not self._queued[value]:
+                    del self._queued[value]
+            if self._inflight == 0:
+                self._base = os.environ.get(self.env)
+                self._value = make(self._base)
+                os.environ[self.env] = self._value
+            self._inflight += 1
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._inflight -= 1
+                if self._inflight == 0:
+                    if self._base is None:
+                        os.environ.pop(self.env, None)
+                    else:
+                        os.environ[self.env] = self._base
+                    self._value = None
+                self._cond.notify_all()
+
+
+FFMPEG_OPTIONS = FfmpegOptionsGate()
 
 
 @cache

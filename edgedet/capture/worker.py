@@ -22,7 +22,9 @@ import numpy as np
 from edgedet.capture.source import FrameSource
 from edgedet.errors import CaptureError, one_line
 from edgedet.framequeue import CameraQueue
+from edgedet.heartbeat import Heartbeat
 from edgedet.metrics import Metrics
+from edgedet.motion import MotionGate, MotionSettings
 from edgedet.types import Frame
 
 log = logging.getLogger("edgedet.capture")  # a stable stage name: journald filters and docs use it
@@ -30,6 +32,12 @@ log = logging.getLogger("edgedet.capture")  # a stable stage name: journald filt
 _DEFAULT_FILE_FPS = 25.0
 _DUE_EPSILON_S = 1e-3  # float slack when comparing a frame time with the fps_limit due time
 _TIMEOUT_SLACK = 0.9  # a failed grab that waited this share of a timeout timed out
+
+# The backoff resets only once a session has been stable: at least STABLE_FRAMES frames delivered AND
+# STABLE_S seconds since its first frame. A camera that gives one frame and drops (a flaky encoder, a
+# server that accepts and closes) keeps backing off instead of reconnecting every ~0.5 s.
+STABLE_FRAMES = 10
+STABLE_S = 10.0
 
 # Frozen-camera check: a grey thumbnail of each decoded frame (INTER_AREA: a mean over ~40x40
 # pixel blocks at 1280x720, so re-encoding a frozen image moves it by <= 2 grey levels, measured
@@ -63,7 +71,8 @@ class CaptureWorker(threading.Thread):
     * ``seq`` rises by one per delivered frame, across reconnects and file loops.
     * Failure (open, read, stall, internal bug) -> close, mark down once, reconnect after
       ``uniform(0, min(backoff_max, backoff_initial * 2**(n-1)))`` seconds (full jitter;
-      ``n`` = consecutive failures, reset by a delivered frame).
+      ``n`` = failures since the last stable session: ``STABLE_FRAMES`` frames and ``STABLE_S``
+      seconds; the camera is reported up at its first frame all the same).
     * ``fps_limit``: every frame is grabbed, only due ones are decoded; the others count
       as ``frames_dropped{reason="fps_limit"}``. Due times advance by exactly 1/fps_limit,
       so the average rate is right whatever the source rate. Files are sampled on media
@@ -80,6 +89,9 @@ class CaptureWorker(threading.Thread):
       keep flowing and nothing reconnects. The state outlives a reconnect (same picture after
       it: still frozen, no new line); otherwise a new session starts a new still run. ``None``
       disables the check.
+    * Motion (``motion`` settings, ``detect.mode: motion``): a ``MotionGate`` decides per decoded frame
+      whether it goes to the queue; the others count as ``inference_skipped{reason}`` and leave a gap
+      in ``seq``. ``configure()`` changes ``fps_limit`` and the gate in place (profiles).
     """
 
     def __init__(
@@ -95,7 +107,11 @@ class CaptureWorker(threading.Thread):
         realtime: bool = True,
         stall_timeout_s: float = 10.0,
         frozen_after_s: float | None = 60.0,
+        motion: MotionSettings | None = None,
         on_state: Callable[[str, bool], None] | None = None,
+        max_block_s: float = 10.0,
+        stable_frames: int = STABLE_FRAMES,
+        stable_s: float = STABLE_S,
         backoff_initial: float = 1.0,
         backoff_max: float = 30.0,
         clock: Callable[[], float] = time.monotonic,
@@ -109,6 +125,8 @@ class CaptureWorker(threading.Thread):
             raise ValueError(f"stall_timeout_s must be > 0 (got {stall_timeout_s})")
         if frozen_after_s is not None and not frozen_after_s > 0:
             raise ValueError(f"frozen_after_s must be > 0 or None (got {frozen_after_s})")
+        if stable_frames < 1 or stable_s < 0:
+            raise ValueError(f"need stable_frames >= 1 and stable_s >= 0 (got {stable_frames}, {stable_s})")
         if not 0 < backoff_initial <= backoff_max:
             raise ValueError(
                 f"need 0 < backoff_initial <= backoff_max (got {backoff_initial}, {backoff_max})"
@@ -128,6 +146,10 @@ class CaptureWorker(threading.Thread):
         self._clock = clock
         self._wait = wait if wait is not None else stop.wait
         self._rng = rng if rng is not None else random.Random()
+        self._stable_frames = stable_frames
+        self._stable_s = stable_s
+        self._max_block_s = max_block_s  # the longest a source's open or grab may block
+        self.heartbeat = Heartbeat(clock)  # read by the systemd watchdog (health.Liveness)
 
         self._seq = 0
         self._up: bool | None = None  # None until the first success or failure
@@ -147,6 +169,10 @@ class CaptureWorker(threading.Thread):
         self._m_fps_drop = metrics.frames_dropped.labels(camera=camera, reason="fps_limit")
         self._m_reconnects = metrics.camera_reconnects.labels(camera=camera)
         self._m_frozen = metrics.camera_frozen.labels(camera=camera)
+        self.gate: MotionGate | None = None  # detect.mode motion (edgedet/motion.py); None: every frame
+        self._last_sent: float | None = None
+        self.latest: np.ndarray | None = None  # the newest decoded frame (read by the profiles' IR test)
+        self.configure(fps_limit, motion)
 
     # ------------------------------------------------------------------ thread body
 
@@ -160,6 +186,7 @@ class CaptureWorker(threading.Thread):
 
     def _run(self) -> None:
         while not self._stop_event.is_set():
+            self.heartbeat.beat()
             try:
                 outcome = self._session()
             except Exception as exc:  # noqa: BLE001 - a camera bug must never kill the thread
@@ -184,7 +211,9 @@ class CaptureWorker(threading.Thread):
                 continue  # "loop": reopen the file straight away
             # failed: back off, then reconnect
             cap = min(self._backoff_max, self._backoff_initial * 2 ** (self._failures - 1))
-            if self._wait(self._rng.uniform(0.0, cap)) or self._stop_event.is_set():
+            delay = self._rng.uniform(0.0, cap)
+            self.heartbeat.beat(delay)
+            if self._wait(delay) or self._stop_event.is_set():
                 return
             self._m_reconnects.inc()
 
@@ -193,6 +222,7 @@ class CaptureWorker(threading.Thread):
         source = self._source_factory()
         try:
             try:
+                self.heartbeat.beat(self._max_block_s)
                 source.open()
             except _Failure:
                 raise
@@ -213,22 +243,24 @@ class CaptureWorker(threading.Thread):
         period = 1.0 / (fps or _DEFAULT_FILE_FPS)
         if pace and fps is None:
             log.warning("camera %s: file has no frame rate; pacing at %g fps", self.camera, _DEFAULT_FILE_FPS)
-        limit_period = 1.0 / self._fps_limit if self._fps_limit else None
         anchor = clock()
         grabbed = 0  # frames grabbed in this session
         delivered = 0
         last_progress = clock()
+        first_frame_t = last_progress
 
         while not self._stop_event.is_set():
             if pace:
                 delay = anchor + grabbed * period - clock()
                 if delay > 0:
+                    self.heartbeat.beat(delay)
                     if self._wait(delay):
                         return "stopped"
                 elif delay < -1.0:  # fell far behind (slow decode): don't burst to catch up
                     anchor = clock() - grabbed * period
                 last_progress = clock()
 
+            self.heartbeat.beat(self._max_block_s)
             if not source.grab():
                 if is_file:
                     if grabbed == 0 and self._loop:
@@ -247,6 +279,7 @@ class CaptureWorker(threading.Thread):
                 self._media_frames += 1
             else:
                 media_t = now
+            limit_period = 1.0 / self._fps_limit if self._fps_limit else None  # configure() may change it
             if limit_period is not None and not self._due(media_t, limit_period):
                 self._m_fps_drop.inc()
                 continue
@@ -271,11 +304,48 @@ class CaptureWorker(threading.Thread):
             delivered += 1
             self._m_captured.inc()
             if delivered == 1:
+                first_frame_t = now
                 self._became_up(source, image)
+            if self._failures and delivered >= self._stable_frames and now - first_frame_t >= self._stable_s:
+                self._failures = 0  # a stable session: the next failure starts the backoff afresh
+                self._last_error = ""
+            if not self._send(image, media_t):
+                continue
             if not self._queue.put(frame):
                 return "stopped"  # queue closed or stop set
             last_progress = clock()  # time blocked in a back-pressured put is not a stall
         return "stopped"
+
+    def configure(self, fps_limit: float | None, motion: MotionSettings | None) -> None:
+        """Change ``fps_limit`` and the motion gate while running (a profile switch, from another thread):
+        the next frame uses them. A gate keeps its background when only its settings change."""
+        if fps_limit is not None and fps_limit <= 0:
+            raise ValueError(f"fps_limit must be > 0 or None (got {fps_limit})")
+        self._fps_limit = fps_limit
+        if motion is None:
+            self.gate = None
+        elif self.gate is None:
+            self.gate = MotionGate(motion)
+        else:
+            self.gate.settings = motion
+
+    def _send(self, image: np.ndarray, t: float) -> bool:
+        """Whether this decoded frame goes to inference (the motion gate); counts the skipped ones."""
+        self.latest = image
+        gate = self.gate
+        if gate is None:
+            sent = True
+        else:
+            decision = gate.decide(image, t)
+            self._metrics.motion_fraction.labels(camera=self.camera).set(decision.motion)
+            sent = decision.infer
+            if not sent:
+                self._metrics.inference_skipped.labels(camera=self.camera, reason=decision.reason).inc()
+        if sent:
+            if self._last_sent is not None and t > self._last_sent:
+                self._metrics.inference_interval.labels(camera=self.camera).set(t - self._last_sent)
+            self._last_sent = t
+        return sent
 
     def _read_failure(self, source: FrameSource, silent_s: float) -> _Failure:
         """The failure for a live grab that returned False after ``silent_s`` without a frame:
@@ -299,8 +369,6 @@ class CaptureWorker(threading.Thread):
     # ------------------------------------------------------------------ state
 
     def _became_up(self, source: FrameSource, image: np.ndarray) -> None:
-        self._failures = 0
-        self._last_error = ""
         self._m_up.set(1)
         if self._up is not True:
             self._up = True

@@ -30,6 +30,8 @@ from edgedet.config.fields import CameraKind, default_client_id
 from edgedet.config.loader import dump_config, load_config, parse_config
 from edgedet.config.sections import (
     CameraConfig,
+    CameraTracking,
+    ClipConfig,
     Config,
     EventOverrides,
     EventsConfig,
@@ -43,12 +45,15 @@ from edgedet.config.sections import (
     Polygon,
     SnapshotConfig,
     TlsConfig,
+    TrackingConfig,
     WorkersConfig,
 )
 
 __all__ = [
     "CameraConfig",
     "CameraKind",
+    "CameraTracking",
+    "ClipConfig",
     "Config",
     "EventOverrides",
     "EventThresholds",
@@ -62,6 +67,7 @@ __all__ = [
     "Polygon",
     "SnapshotConfig",
     "TlsConfig",
+    "TrackingConfig",
     "WorkersConfig",
     "default_client_id",
     "dump_config",

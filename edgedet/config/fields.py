@@ -8,6 +8,7 @@ A parser ``parse(value, ctx) -> value`` replaces the type-driven build of a fiel
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 import socket
@@ -17,12 +18,14 @@ from typing import Any, Literal
 from urllib.parse import urlsplit
 
 from edgedet.config.problems import Bad, Ctx, Mismatch, show
+from edgedet.redact import split_credentials
 
 CameraKind = Literal["rtsp", "http", "file", "device"]
 
 _NAME_RE = re.compile(r"[A-Za-z0-9_-]+")
 _URL_SCHEMES: dict[str, CameraKind] = {"rtsp": "rtsp", "rtsps": "rtsp", "http": "http", "https": "http"}
 _SCHEME_RE = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*)://")
+_ONE_SLASH_RE = re.compile(r"(rtsps?|https?):/(?!/)", re.I)
 _DEVICE_RE = re.compile(r"/dev/(video[0-9]+|v4l/by-(id|path)/.+)")
 _INDEX_RE = re.compile(r"[0-9]+")
 _CUDA_RE = re.compile(r"cpu|cuda(:[0-9]+)?")
@@ -122,6 +125,11 @@ def parse_url(value: Any, ctx: Ctx) -> str | int:
         if not parts.hostname:
             raise Bad(f"the URL has no host (got {show(value)})")
         return text
+    if _ONE_SLASH_RE.match(text):
+        scheme = text.split(":", 1)[0]
+        raise Bad(f"{_URL_EXPECTED} (got {show(value)}): write two slashes after '{scheme}:'")
+    if split_credentials(text) is not None:
+        raise Bad(f"{_URL_EXPECTED} (got {show(value)}): a URL with a password needs its scheme, e.g. rtsp://")
     if _DEVICE_RE.fullmatch(text):
         return text
     if not text or text.startswith("/dev/"):
@@ -211,3 +219,22 @@ def label_key(name: str) -> str | None:
     if not name or any(c in name for c in _TOPIC_SPECIALS):
         return "bad label: must not be empty or contain '/', '+' or '#' (it is an MQTT topic level)"
     return None
+
+
+def is_loopback(host: str) -> bool:
+    """True for ``localhost`` and loopback addresses (127.0.0.0/8, ::1)."""
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def at_least_chars(n: int) -> Callable[[str], str | None]:
+    """A check: a string of at least ``n`` characters (the value itself is never shown)."""
+
+    def check(value: str) -> str | None:
+        return None if len(value) >= n else f"must be at least {n} characters long (got {len(value)})"
+
+    return check

@@ -19,6 +19,7 @@ from edgedet.config.builder import build_section
 from edgedet.config.problems import INVALID, Ctx, EnvStr, PathT, one_line
 from edgedet.config.sections import Config
 from edgedet.errors import ConfigError
+from edgedet.redact import url_secrets
 
 # --------------------------------------------------------------------------- YAML nodes -> values
 
@@ -28,6 +29,36 @@ _SEQ_TAG = "tag:yaml.org,2002:seq"
 _MERGE_TAG = "tag:yaml.org,2002:merge"
 _VAR_RE = re.compile(r"\$(\$?)\{([^{}]*)\}")
 _ENV_NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+_SECRET_KEY_RE = re.compile(r"pass|pwd|token|secret", re.I)
+# How many values YAML aliases may add to a document (beyond the nodes written out in it). A real
+# config reuses a zone or a camera block a few times (hundreds of values); an alias bomb of 400 bytes
+# ("billion laughs") expands to millions and would take minutes and gigabytes to convert.
+MAX_ALIAS_VALUES = 100_000
+MAX_CONFIG_BYTES = 8 * 2**20
+# How deep YAML may nest (a config needs 6 levels: cameras.gate.zones.door[0][0]). PyYAML's scanner
+# slows down with the square of the flow depth: 5000 '[' (5 KB) would take half a minute.
+MAX_DEPTH = 64
+
+
+class _Loader(yaml.SafeLoader):
+    """PyYAML's safe loader that refuses a document nested deeper than :data:`MAX_DEPTH` as it composes."""
+
+    def __init__(self, text: str, name: str) -> None:
+        super().__init__(text)
+        self.name = name
+        self.depth = 0
+
+    def compose_node(self, parent: Node | None, index: object) -> Node | None:
+        self.depth += 1
+        try:
+            if self.depth > MAX_DEPTH:
+                line = self.peek_event().start_mark.line + 1
+                raise ConfigError(f"{self.name}:{line}: YAML nested more than {MAX_DEPTH} levels deep "
+                                  "(a config needs a few)")
+            node: Node | None = super().compose_node(parent, index)
+            return node
+        finally:
+            self.depth -= 1
 
 
 def _reason(exc: yaml.YAMLError) -> str:
@@ -80,7 +111,10 @@ class _Converter:
         self.ctx.lines[path] = node.start_mark.line + 1
         if isinstance(node, ScalarNode):
             if node.tag == _STR_TAG:
-                return _substitute(node.value, path, self.ctx)
+                text = _substitute(node.value, path, self.ctx)
+                if isinstance(text, str):
+                    self._note_secrets(text, path)
+                return text
             try:
                 return self.loader.construct_object(node, deep=True)
             except yaml.YAMLError as exc:
@@ -99,6 +133,13 @@ class _Converter:
             return INVALID
         finally:
             self.active.discard(id(node))
+
+    def _note_secrets(self, text: str, path: PathT) -> None:
+        """Remember the secrets in a value, so that no problem message shows them (whatever its shape)."""
+        self.ctx.secrets.update(url_secrets(text))
+        key = path[-1] if path else ""
+        if isinstance(key, str) and _SECRET_KEY_RE.search(key) and not key.endswith("_file"):
+            self.ctx.secrets.add(text)
 
     def mapping(self, node: MappingNode, path: PathT) -> Any:
         ctx = self.ctx
@@ -128,6 +169,49 @@ class _Converter:
             ctx.key_lines[key_path] = key_node.start_mark.line + 1
             out[key_node.value] = self.value(value_node, key_path)
         return out
+
+
+def _check_expansion(root: Node, name: str, limit: int = MAX_ALIAS_VALUES) -> None:
+    """Raise ConfigError when aliases expand the document by more than ``limit`` values.
+
+    Counts the values the conversion would visit (every alias expanded, merge keys included) with
+    one memo per node, so the count itself takes time linear in the document, not in its expansion.
+    """
+    written: set[int] = set()
+    todo = [root]
+    while todo:
+        node = todo.pop()
+        if id(node) in written:
+            continue
+        written.add(id(node))
+        if isinstance(node, SequenceNode):
+            todo.extend(node.value)
+        elif isinstance(node, MappingNode):
+            todo.extend(n for pair in node.value for n in pair)
+    budget = len(written) + limit
+    sizes: dict[int, int] = {}
+    active: set[int] = set()
+
+    def size(node: Node) -> int:
+        key = id(node)
+        if key in sizes:
+            return sizes[key]
+        total = 1
+        if key not in active and isinstance(node, (SequenceNode, MappingNode)):  # recursion: reported later
+            active.add(key)
+            children = node.value if isinstance(node, SequenceNode) else [n for pair in node.value for n in pair]
+            for child in children:
+                total += size(child)
+                if total > budget:
+                    raise ConfigError(
+                        f"{name}:{node.start_mark.line + 1}: YAML aliases expand this value to more than "
+                        f"{limit} values (an alias bomb?); write the values out or use fewer aliases"
+                    )
+            active.discard(key)
+            sizes[key] = total
+        return total
+
+    size(root)
 
 
 # --------------------------------------------------------------------------- entry points
@@ -163,7 +247,7 @@ def parse_config(
     """
     ctx = Ctx(name=name, base_dir=base_dir, check_files=check_files)
     try:
-        loader = yaml.SafeLoader(text)
+        loader = _Loader(text, name)
     except yaml.YAMLError as exc:
         raise ConfigError(_yaml_problem(name, exc)) from None
     try:
@@ -179,8 +263,11 @@ def parse_config(
                 f"{name}:{root.start_mark.line + 1}: expected a mapping at the top level "
                 f"(with 'cameras' and 'model'), got {got}"
             )
+        _check_expansion(root, name)
         data = _Converter(ctx, loader).value(root, ())
         config = build_section(Config, data, (), ctx) if data is not INVALID else INVALID
+    except RecursionError:  # a builder or check recursing on what the depth bound let through
+        raise ConfigError(f"{name}: YAML nested too deeply (a config needs a few levels)") from None
     finally:
         loader.dispose()
     if ctx.problems or not isinstance(config, Config):
@@ -192,7 +279,12 @@ def load_config(path: str | os.PathLike[str], *, check_files: bool = True) -> Co
     """Read and validate a YAML config file; raise ConfigError listing every problem."""
     name = os.fspath(path)
     try:
-        text = Path(name).read_text(encoding="utf-8")
+        with open(name, "rb") as fh:
+            raw = fh.read(MAX_CONFIG_BYTES + 1)
+        if len(raw) > MAX_CONFIG_BYTES:
+            raise ConfigError(f"{name}: config file is larger than {MAX_CONFIG_BYTES // 2**20} MiB "
+                              "(is it the right file?)")
+        text = raw.decode("utf-8")
     except FileNotFoundError:
         raise ConfigError(f"{name}: config file not found") from None
     except UnicodeDecodeError as exc:

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from edgedet.redact import mask_url
+from edgedet.redact import mask_url, redact, spellings
 
 # The key path of a value: ("cameras", "gate", "zones", "door", 2) is cameras.gate.zones.door[2].
 PathT = tuple[str | int, ...]
@@ -125,6 +125,7 @@ class Ctx:
     lines: dict[PathT, int] = field(default_factory=dict)
     key_lines: dict[PathT, int] = field(default_factory=dict)
     problems: list[tuple[int, str]] = field(default_factory=list)
+    secrets: set[str] = field(default_factory=set)  # values no message may show (URL passwords, tokens)
 
     def line_of(self, path: PathT) -> int:
         for n in range(len(path), -1, -1):
@@ -142,4 +143,9 @@ class Ctx:
         self.problems.append((line, f"{where} {message}"))
 
     def rendered(self) -> list[str]:
-        return [text for _, text in sorted(self.problems, key=lambda p: p[0])]
+        """The problems sorted by line, every known secret masked (in any spelling).
+
+        Secrets of one or two characters are left to :func:`show` (which masks them inside a URL):
+        scrubbing every "p" from a message would make it unreadable."""
+        hidden = {spelling for secret in self.secrets if len(secret) >= 3 for spelling in spellings(secret)}
+        return [redact(text, hidden) for _, text in sorted(self.problems, key=lambda p: p[0])]

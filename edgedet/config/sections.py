@@ -9,18 +9,22 @@ and masking; ``validate()`` holds the cross-field rules. The builder
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import unquote
 
 from edgedet.config.builder import Section, YamlValue, element, meta, scalar
+from edgedet.config.detect import DetectConfig, DetectOverrides, LocationConfig, ProfileWhen
 from edgedet.config.fields import (
     CameraKind,
     at_least,
+    at_least_chars,
     between,
     default_node_id,
     default_state_dir,
+    is_loopback,
     label_key,
     not_empty,
     parse_dir,
@@ -118,6 +122,49 @@ def _polygon_area(points: list[tuple[float, float]]) -> float:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True, repr=False)
+class CameraTracking(Section):
+    """When a camera's track is lost: after this many processed frames or seconds without a match,
+    whichever comes first. A camera processed every N seconds wants max_age_s of a few N."""
+
+    max_age_frames: int = field(default=10, metadata=meta(check=at_least(1)))
+    max_age_s: float = field(default=3.0, metadata=meta(check=positive))
+
+
+def _no_base_profile(profiles: dict[str, Any]) -> str | None:
+    return "'base' names the camera's own settings; give the profile another name" if "base" in profiles else None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True, repr=False)
+class ProfileConfig(Section):
+    """Per-camera overrides active while ``when`` matches (edgedet/profiles.py); unset keys keep the camera's
+    values. ``events``: label -> threshold overrides on top of ``events`` for this camera."""
+
+    when: ProfileWhen
+    fps_limit: float | None = field(default=None, metadata=meta(check=positive))
+    labels: list[str] | None = None
+    zones: dict[str, Polygon] | None = None
+    masks: list[Polygon] | None = None
+    events: dict[str, EventOverrides] | None = field(default=None, metadata=meta(build=lambda v, p, c: _build_labels(
+        v, p, c)))
+    detect: DetectOverrides | None = None
+
+    def apply(self, cam: CameraConfig) -> CameraConfig:
+        """The camera's settings under this profile."""
+        changes: dict[str, Any] = {k: getattr(self, k) for k in ("fps_limit", "labels", "zones", "masks")
+                                   if getattr(self, k) is not None}
+        if self.detect is not None:
+            changes["detect"] = self.detect.apply(cam.detect)
+        return dataclasses.replace(cam, **changes)
+
+    def apply_events(self, events: EventsConfig) -> EventsConfig:
+        """``events`` with this profile's per-label overrides merged over the configured ones."""
+        labels = dict(events.labels)
+        for label, extra in (self.events or {}).items():
+            labels[label] = dataclasses.replace(labels.get(label) or EventOverrides(), **extra.to_dict(masked=False))
+        return dataclasses.replace(events, labels=labels)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True, repr=False)
 class CameraConfig(Section):
     """One video source. ``kind`` is derived from ``url``."""
 
@@ -136,6 +183,17 @@ class CameraConfig(Section):
     queue_size: int = field(default=1, metadata=meta(check=between(1, 16)))
     zones: dict[str, Polygon] = field(default_factory=dict)
     masks: list[Polygon] = field(default_factory=list)
+    tracking: CameraTracking = field(default_factory=lambda: CameraTracking())
+    labels: list[str] | None = None  # labels this camera reports (None: every label the model gives)
+    detect: DetectConfig = field(default_factory=lambda: DetectConfig())
+    profiles: dict[str, ProfileConfig] = field(default_factory=dict, metadata=meta(check=_no_base_profile))
+
+    @property
+    def idle_limit_s(self) -> float:
+        """The longest gap between processed frames that is still healthy: the stall timeout, plus
+        the floor interval when this camera (or one of its profiles) runs in motion mode."""
+        blocks = [self.detect] + [p.detect.apply(self.detect) for p in self.profiles.values() if p.detect]
+        return self.stall_timeout_s + max((d.max_interval_s for d in blocks if d.mode == "motion"), default=0.0)
 
     @property
     def kind(self) -> CameraKind:
@@ -220,6 +278,7 @@ class MqttConfig(Section):
     qos: int = field(default=1, metadata=meta(check=between(0, 2)))
     keepalive: int = field(default=60, metadata=meta(check=at_least(5)))
     publish_empty: bool = False
+    max_payload_bytes: int = field(default=256 * 1024, metadata=meta(check=between(1024, 268_435_455)))
 
     def validate(self) -> list[tuple[str, str]]:
         if self.password is not None and self.password_file is not None:
@@ -275,6 +334,11 @@ class EventThresholds(Section):
     min_area: float = field(default=0.0, metadata=meta(check=between(0, 1)))
     clear_after_s: float = field(default=10.0, metadata=meta(check=positive))
     update_interval_s: float = field(default=5.0, metadata=meta(check=at_least(0)))
+    # frames: K of N frames (confirm_frames of window_frames). tube: the track persists in K of N frames
+    # and its box is stable or growing (smoke; see edgedet/events/tubes.py).
+    confirm: Literal["frames", "tube"] = "frames"
+    tube_min_growth: float = field(default=0.9, metadata=meta(check=positive))
+    tube_max_drift: float = field(default=0.05, metadata=meta(check=positive))
 
     def validate(self) -> list[tuple[str, str]]:
         if self.confirm_frames > self.window_frames:
@@ -292,6 +356,9 @@ class EventOverrides(Section):
     min_area: float | None = field(default=None, metadata=meta(check=between(0, 1)))
     clear_after_s: float | None = field(default=None, metadata=meta(check=positive))
     update_interval_s: float | None = field(default=None, metadata=meta(check=at_least(0)))
+    confirm: Literal["frames", "tube"] | None = None
+    tube_min_growth: float | None = field(default=None, metadata=meta(check=positive))
+    tube_max_drift: float | None = field(default=None, metadata=meta(check=positive))
 
     def to_dict(self, masked: bool = True) -> dict[str, Any]:
         return {k: v for k, v in Section.to_dict(self, masked).items() if v is not None}
@@ -310,6 +377,35 @@ class SnapshotConfig(Section):
     keep: int = field(default=200, metadata=meta(check=at_least(1)))
     max_mb: float = field(default=200.0, metadata=meta(check=positive))
     crop: bool = False
+
+
+@dataclass(frozen=True, slots=True, kw_only=True, repr=False)
+class TrackingConfig(Section):
+    """Objects, not labels: the per-camera tracker (see edgedet/tracking.py). ``groups``: labels matched
+    as one object (default: every label of the model in one group)."""
+
+    enabled: bool = True
+    high: float = field(default=0.5, metadata=meta(check=between(0, 1)))
+    low: float = field(default=0.1, metadata=meta(check=between(0, 1)))
+    match_iou: float = field(default=0.3, metadata=meta(check=between(0.01, 1)))
+    groups: list[list[str]] = field(default_factory=list)
+
+    def validate(self) -> list[tuple[str, str]]:
+        if self.low > self.high:
+            return [("low", f"must be <= high ({self.high:g}) (got {self.low:g})")]
+        return []
+
+
+@dataclass(frozen=True, slots=True, kw_only=True, repr=False)
+class ClipConfig(Section):
+    """Event clips: MP4 from ``pre_capture_s`` before an event to ``post_capture_s`` after it, under
+    ``<state_dir>/snapshots/<camera>/<event id>.mp4`` (the snapshots' retention applies)."""
+
+    enabled: bool = False
+    pre_capture_s: float = field(default=5.0, metadata=meta(check=at_least(0)))
+    post_capture_s: float = field(default=5.0, metadata=meta(check=at_least(0)))
+    ring_mb: float = field(default=16.0, metadata=meta(check=positive))
+    height: int = field(default=480, metadata=meta(check=at_least(16)))
 
 
 def _build_labels(value: Any, path: PathT, ctx: Ctx) -> Any:
@@ -336,6 +432,8 @@ class EventsConfig(Section):
     default: EventThresholds = field(default_factory=EventThresholds)
     labels: dict[str, EventOverrides] = field(default_factory=dict, metadata=meta(build=_build_labels))
     snapshots: SnapshotConfig = field(default_factory=SnapshotConfig)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    clips: ClipConfig = field(default_factory=ClipConfig)
 
     def thresholds(self, label: str) -> EventThresholds:
         """The thresholds for ``label``: its overrides applied to ``default``."""
@@ -363,6 +461,7 @@ class OutboxConfig(Section):
     mode: Literal["all", "events_only"] = "all"
     max_messages: int = field(default=100_000, metadata=meta(check=at_least(100)))
     max_age_s: float = field(default=7 * 24 * 3600.0, metadata=meta(check=positive))
+    max_mb: float = field(default=200.0, metadata=meta(check=at_least(1)))
 
 
 @dataclass(frozen=True, slots=True, kw_only=True, repr=False)
@@ -372,6 +471,39 @@ class HomeAssistantConfig(Section):
 
     discovery: bool = False
     prefix: str = field(default="homeassistant", metadata=meta(check=valid_topic_prefix))
+
+
+@dataclass(frozen=True, slots=True, kw_only=True, repr=False)
+class WebHistoryConfig(Section):
+    """Event history (``<state_dir>/web/history.sqlite3``): the oldest events go first past any limit."""
+
+    max_events: int = field(default=10_000, metadata=meta(check=at_least(10)))
+    max_age_days: float = field(default=30.0, metadata=meta(check=positive))
+    max_mb: float = field(default=50.0, metadata=meta(check=positive))
+
+
+@dataclass(frozen=True, slots=True, kw_only=True, repr=False)
+class WebFeedbackConfig(Section):
+    """Verdicts on events; ``export_dataset`` writes each as a YOLO sample under ``<state_dir>/dataset``."""
+
+    export_dataset: bool = False
+
+
+@dataclass(frozen=True, slots=True, kw_only=True, repr=False)
+class WebConfig(Section):
+    """The web console and REST API on ``metrics.host:metrics.port`` (needs the ``web`` extra; without
+    it only ``/metrics`` and ``/healthz`` are served). Off loopback every endpoint but ``/healthz``
+    needs ``auth_token`` (bearer, or basic auth as ``username``)."""
+
+    enabled: bool = True
+    auth_token: str | None = field(default=None, metadata=meta(secret=True, check=at_least_chars(16)))
+    username: str = field(default="edgedet", metadata=meta(check=not_empty))
+    metrics_open: bool = False
+    stream_fps: float = field(default=2.0, metadata=meta(check=between(0.1, 30)))
+    request_timeout_s: float = field(default=10.0, metadata=meta(check=between(1, 300)))
+    max_connections: int = field(default=1000, metadata=meta(check=between(16, 100_000)))
+    history: WebHistoryConfig = field(default_factory=WebHistoryConfig)
+    feedback: WebFeedbackConfig = field(default_factory=WebFeedbackConfig)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True, repr=False)
@@ -391,13 +523,27 @@ class Config(Section):
     events: EventsConfig = field(default_factory=EventsConfig)
     outbox: OutboxConfig = field(default_factory=OutboxConfig)
     homeassistant: HomeAssistantConfig = field(default_factory=HomeAssistantConfig)
+    web: WebConfig = field(default_factory=WebConfig)
     # systemd watchdog: pings stop (and systemd restarts edgedet) when no live camera has had a
     # frame processed for this long, or a worker is stuck.
     watchdog_grace_s: float = field(default=120.0, metadata=meta(check=positive))
+    location: LocationConfig | None = None  # latitude, longitude, timezone: for profiles' sun rules
 
-    def validate(self) -> list[tuple[str, str]]:
+    def validate(self) -> list[tuple[str | tuple[str, ...], str]]:
         if self.cameras and not any(cam.enabled for cam in self.cameras.values()):
             return [("cameras", "every camera is disabled; enable at least one")]
+        suns = [("cameras", c, "profiles", p, "when", "sun") for c, cam in self.cameras.items()
+                for p, prof in cam.profiles.items() if prof.when.sun is not None]
+        if suns and self.location is None:
+            return [(path, "a sun rule needs the node's location: set location: {latitude: .., longitude: .., "
+                            "timezone: ..} at the top level") for path in suns]
+        if suns and importlib.util.find_spec("astral") is None:
+            return [(path, "a sun rule needs the 'profiles' extra (astral): pip install 'edgedet[profiles]'")
+                    for path in suns]
+        if (self.web.enabled and self.metrics.enabled and self.web.auth_token is None
+                and not is_loopback(self.metrics.host)):
+            return [(("web", "auth_token"), f"required when metrics.host ({self.metrics.host}) is not a loopback "
+                                           "address (set it from the env file: auth_token: ${EDGEDET_WEB_TOKEN})")]
         return []
 
     def secrets(self) -> list[str]:
@@ -405,6 +551,8 @@ class Config(Section):
         found: list[str] = []
         if self.mqtt.password:
             found.append(self.mqtt.password)
+        if self.web.auth_token:
+            found.append(self.web.auth_token)
         for cam in self.cameras.values():
             if isinstance(cam.url, str):
                 for secret in url_secrets(cam.url):

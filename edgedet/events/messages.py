@@ -37,6 +37,10 @@ class EventMessage:
     frames_seen: int
     snapshot: str | None
     snapshot_jpeg: bytes | None = field(default=None, repr=False, compare=False)
+    track_id: str | None = None  # the tracked object (None with tracking off)
+    labels: dict[str, int] = field(default_factory=dict)  # the object's label history: frames per label
+    clip: str | None = None  # path of the event's clip on the node (written after the end)
+    start_wall: float = field(default=0.0, compare=False)  # start_time as epoch seconds (not published)
 
     def as_dict(self) -> dict[str, Any]:
         """The JSON fields (everything except ``snapshot_jpeg``)."""
@@ -53,6 +57,9 @@ class EventMessage:
             "zones": list(self.zones),
             "frames_seen": int(self.frames_seen),
             "snapshot": self.snapshot,
+            "track_id": self.track_id,
+            "labels": dict(self.labels),
+            "clip": self.clip,
         }
 
     def to_json(self) -> bytes:

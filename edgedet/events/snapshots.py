@@ -6,6 +6,7 @@ and size, oldest deleted first.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import threading
@@ -30,8 +31,12 @@ JPEG_QUALITY = 85
 class SnapshotStore:
     """JPEG snapshots under ``directory/<camera>/<event id>-<n>.jpg``, oldest deleted first.
 
-    At most ``keep`` files and ``max_mb`` MiB in all (the newest file is always kept). Files are
-    written atomically (temporary file + rename). Safe to share between trackers and threads.
+    At most ``keep`` files and ``max_mb`` MiB in all (the newest file is always kept), across every
+    camera: the daemon builds one store and a config reload re-limits it (``configure``). Files are
+    written atomically (temporary file + rename); a failed write (full or read-only disk) removes its
+    temporary file, logs one WARNING until a write works again (one INFO then), and the caller still
+    gets the JPEG to publish. Every later save tries the disk again. Safe to share between trackers
+    and threads.
     """
 
     def __init__(self, directory: str | os.PathLike[str], keep: int, max_mb: float, crop: bool = False,
@@ -59,6 +64,14 @@ class SnapshotStore:
             return None
         return cls(Path(state_dir) / "snapshots", snapshots.keep, snapshots.max_mb, snapshots.crop)
 
+    def configure(self, keep: int, max_mb: float, crop: bool) -> None:
+        """New limits (a config reload): applied at once, the oldest files deleted first."""
+        if keep < 1 or max_mb <= 0:
+            raise ValueError(f"SnapshotStore needs keep >= 1 and max_mb > 0 (got {keep}, {max_mb})")
+        with self._lock:
+            self.keep, self.max_bytes, self.crop = keep, int(max_mb * 1024 * 1024), crop
+            self._prune()
+
     def files(self) -> list[Path]:
         """The retained snapshot files, oldest first."""
         with self._lock:
@@ -69,18 +82,21 @@ class SnapshotStore:
         """Encode and store one snapshot; ``(path or None when it could not be written, JPEG)``."""
         jpeg = self.encode(image, det)
         path = self.directory / camera / f"{event_id}-{n}.jpg"
+        tmp = path.with_name(f".{path.name}.tmp")
         with self._lock:
             try:
                 path.parent.mkdir(parents=True, exist_ok=True)
-                tmp = path.with_name(f".{path.name}.tmp")
                 with open(tmp, "wb") as fh:
                     fh.write(jpeg)
                     fh.flush()
                     os.fsync(fh.fileno())
                 os.replace(tmp, path)
             except OSError as exc:
+                with contextlib.suppress(OSError):  # a full disk must not keep a partial file
+                    tmp.unlink()
                 if not self._failing:
-                    log.warning("cannot write snapshot %s: %s", path, exc.strerror or exc)
+                    log.warning("cannot write snapshot %s: %s; snapshots are still published over MQTT, "
+                                "and each new one tries the disk again", path, exc.strerror or exc)
                 self._failing = True
                 return None, jpeg
             if self._failing:
@@ -90,6 +106,17 @@ class SnapshotStore:
             self._bytes += len(jpeg)
             self._prune()
         return str(path), jpeg
+
+    def adopt(self, path: Path) -> None:
+        """A file written next to the snapshots (an event clip): it counts towards the same limits."""
+        try:
+            size = path.stat().st_size
+        except OSError:
+            return
+        with self._lock:
+            self._files.append((path, size))
+            self._bytes += size
+            self._prune()
 
     def encode(self, image: np.ndarray, det: Detection) -> bytes:
         """JPEG of ``image`` with ``det`` drawn, or of the box alone when ``crop`` is set."""
@@ -115,7 +142,7 @@ class SnapshotStore:
             try:
                 if path.name.startswith(".") and path.name.endswith(".tmp"):
                     path.unlink()  # left over from a crash during a write
-                elif path.suffix == ".jpg" and path.is_file():
+                elif path.suffix in {".jpg", ".mp4"} and path.is_file():  # snapshots and event clips
                     st = path.stat()
                     found.append((st.st_mtime, path.name, path, st.st_size))
             except OSError as exc:

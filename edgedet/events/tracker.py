@@ -25,15 +25,16 @@ import re
 import secrets
 import threading
 import time
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
 from edgedet.config import CameraConfig, EventsConfig, EventThresholds
 from edgedet.events.messages import EventMessage, EventType
 from edgedet.events.snapshots import SnapshotStore
+from edgedet.events.tubes import TubeRules, tube_verdict
 from edgedet.events.zones import Zone, box_iou, zones_from_config
 from edgedet.outputs.payload import iso_utc_ms
 from edgedet.types import Detection, Detections
@@ -84,12 +85,13 @@ class EventRules:
 
 @dataclass(slots=True)
 class _Hit:
-    """The best qualifying detection of one frame."""
+    """The best qualifying detection of one frame (of one label, or of one tracked object)."""
 
     seq: int
     det: Detection
     zones: tuple[str, ...]
     t_wall: float
+    frame: int = 0  # the tracker's frame counter (tube rules look at a window of frames)
 
 
 @dataclass(slots=True)
@@ -105,6 +107,8 @@ class _Best:
 class _Event:
     id: str
     label: str
+    track_id: str | None
+    counts: Counter[str]  # the object's qualifying frames per model label (shared with its state)
     start_wall: float
     last_hit_at: float  # clock
     last_seen_wall: float
@@ -123,14 +127,21 @@ class _Event:
 
 @dataclass(slots=True)
 class _Label:
-    """One label's K-of-N window (``None`` = a frame without a qualifying detection)."""
+    """One label's (or, with tracking, one tracked object's) K-of-N window (``None`` = a frame
+    without a qualifying detection), and the score-weighted label vote of its hits."""
 
     window: deque[_Hit | None]
     best: _Best | None = None  # before the event: the best hit that is still in the window
     event: _Event | None = None
+    track_id: str | None = None
+    votes: dict[str, float] = field(default_factory=dict)  # score sum per label
+    counts: Counter[str] = field(default_factory=Counter)
 
     def hits(self) -> list[_Hit]:
         return [h for h in self.window if h is not None]
+
+    def vote(self, fallback: str) -> str:
+        return max(self.votes, key=lambda k: self.votes[k]) if self.votes else fallback
 
 
 # --------------------------------------------------------------------------- tracker
@@ -149,8 +160,13 @@ class EventTracker:
         id_factory: IdFactory | None = None,
         *,
         snapshots: SnapshotStore | None = None,
+        tracked: bool = False,
     ) -> None:
+        """``tracked``: detections carry a ``track_id`` (edgedet/tracking.py) and events are per object;
+        detections without one (below the tracking threshold) are ignored. Else events are per label."""
         self.camera = camera
+        self.tracked = tracked
+        self._frame = 0
         self.rules = rules
         self.zones = tuple(zones)
         self.masks = tuple(masks)
@@ -167,7 +183,8 @@ class EventTracker:
                     snapshots: SnapshotStore | None = None, clock: Callable[[], float] = time.time) -> EventTracker:
         """The tracker of camera ``name``: zones and masks from ``camera``, thresholds from ``events``."""
         zones, masks = zones_from_config(camera)
-        return cls(name, EventRules.from_config(events), zones, masks, clock, snapshots=snapshots)
+        return cls(name, EventRules.from_config(events), zones, masks, clock, snapshots=snapshots,
+                   tracked=events.tracking.enabled)
 
     # ----------------------------------------------------------------- public API
 
@@ -188,27 +205,54 @@ class EventTracker:
             now = self._clock()
             gap = None if self._last_frame_at is None else now - self._last_frame_at
             self._last_frame_at = now
+            self._frame += 1
             out = self._expire(now)
             hits = self._qualifying(dets)
-            for label in sorted(set(self._labels) | set(hits)):
-                state = self._labels.get(label)
-                rules = self.rules.for_label(label)
+            def order(key: str) -> tuple[str, str]:  # by label, then key: stable message order
+                state, hit = self._labels.get(key), hits.get(key)
+                if state is not None:
+                    return state.event.label if state.event else state.vote(key), key
+                return (hit.det.label if hit is not None else key), key
+
+            for key in sorted(set(self._labels) | set(hits), key=order):
+                state = self._labels.get(key)
+                hit = hits.get(key)
                 if state is None:
-                    state = self._labels[label] = _Label(deque(maxlen=rules.window_frames))
-                elif state.event is None and gap is not None and gap > rules.clear_after_s:
+                    assert hit is not None
+                    rules = self.rules.for_label(hit.det.label)
+                    state = self._labels[key] = _Label(deque(maxlen=rules.window_frames), track_id=hit.det.track_id)
+                if hit is not None:
+                    state.votes[hit.det.label] = state.votes.get(hit.det.label, 0.0) + hit.det.score
+                    state.counts[hit.det.label] += 1
+                label = state.event.label if state.event is not None else state.vote(key)
+                rules = self.rules.for_label(label)
+                if state.event is None and gap is not None and gap > rules.clear_after_s:
                     state.window.clear()  # the stream paused: old hits do not count towards a new event
                     state.best = None
-                msg = self._step(label, state, rules, hits.get(label), image, now)
+                msg = self._step(label, state, rules, hit, image, now)
                 if msg is not None:
                     out.append(msg)
                 if state.event is None and not state.hits():
-                    del self._labels[label]
+                    del self._labels[key]
             return out
 
-    def reconfigure(self, rules: EventRules, zones: Iterable[Zone], masks: Iterable[Zone]) -> None:
-        """New thresholds and zones (config reload); active events carry on under the new rules."""
+    def reconfigure(self, rules: EventRules, zones: Iterable[Zone], masks: Iterable[Zone],
+                    *, snapshots: SnapshotStore | None) -> None:
+        """New thresholds, zones and snapshot store (config reload; None: no snapshots); active events
+        carry on under the new rules."""
         with self._lock:
             self.rules, self.zones, self.masks = rules, tuple(zones), tuple(masks)
+            self._snapshots = snapshots
+
+    def end_labels(self, labels: Iterable[str]) -> list[EventMessage]:
+        """End the active events of ``labels`` now (a profile no longer reports them); others carry on."""
+        with self._lock:
+            out = []
+            for label in labels:
+                state = self._labels.pop(label, None)
+                if state is not None and state.event is not None:
+                    out.append(self._end(state))
+            return out
 
     def tick(self, now: float | None = None) -> list[EventMessage]:
         """End events whose ``clear_after_s`` has passed; call periodically (``now``: the tracker's clock)."""
@@ -232,12 +276,19 @@ class EventTracker:
     # ----------------------------------------------------------------- internals
 
     def _qualifying(self, dets: Detections) -> dict[str, _Hit]:
-        """Per label, the best qualifying detection of this frame and the zones it (or others) touched."""
+        """Per key (the label, or the track id with tracking), the best qualifying detection of this
+        frame and the zones it (or others of that key) touched. A tracked object's thresholds are
+        those of its voted label."""
         best: dict[str, Detection] = {}
         zones: dict[str, dict[str, None]] = {}
         frame_area = float(dets.width) * float(dets.height)
         for det in dets.items:
-            rules = self.rules.for_label(det.label)
+            if self.tracked and det.track_id is None:
+                continue
+            key = det.track_id if self.tracked and det.track_id is not None else det.label
+            state = self._labels.get(key)
+            label = det.label if state is None else (state.event.label if state.event else state.vote(det.label))
+            rules = self.rules.for_label(label)
             if det.score < rules.min_score:
                 continue
             x1, y1, x2, y2 = (float(v) for v in det.xyxy)
@@ -250,10 +301,10 @@ class EventTracker:
             inside = [z.name for z in self.zones if z.contains(cx, y2, dets.width, dets.height)]
             if self.zones and not inside:
                 continue
-            zones.setdefault(det.label, {}).update(dict.fromkeys(inside))
-            if det.label not in best or det.score > best[det.label].score:
-                best[det.label] = det
-        return {label: _Hit(dets.seq, det, tuple(zones[label]), dets.t_wall) for label, det in best.items()}
+            zones.setdefault(key, {}).update(dict.fromkeys(inside))
+            if key not in best or det.score > best[key].score:
+                best[key] = det
+        return {key: _Hit(dets.seq, det, tuple(zones[key]), dets.t_wall, self._frame) for key, det in best.items()}
 
     def _step(self, label: str, state: _Label, rules: EventThresholds, hit: _Hit | None,
               image: np.ndarray | None, now: float) -> EventMessage | None:
@@ -265,6 +316,8 @@ class EventTracker:
                 state.best = None  # slid out of the window: it is no evidence for this event
             state.best = self._better(state.best, hit, image)
             if hit is None or len(hits) < rules.confirm_frames:
+                return None
+            if rules.confirm == "tube" and not self._tube(hits, rules):
                 return None
             return self._start(label, state, hits, hit, now)
         if hit is not None:
@@ -281,6 +334,16 @@ class EventTracker:
             or len(event.zones) > event.published_zones
         )
         return self._publish("update", event, now) if changed else None
+
+    def _tube(self, hits: list[_Hit], rules: EventThresholds) -> bool:
+        """Smoke-style confirmation: the hits persist and their box is stable or growing."""
+        tube = TubeRules(tube_frames=max(2, rules.confirm_frames), window_frames=max(2, rules.window_frames),
+                         min_growth=rules.tube_min_growth, max_drift=rules.tube_max_drift)
+        boxes = [(h.frame, h.det.xyxy) for h in hits]
+        ok, reason = tube_verdict(boxes, self._frame, tube)
+        if not ok:
+            log.debug("camera %s: %s not confirmed as a tube: %s", self.camera, hits[-1].det.label, reason)
+        return ok
 
     def _better(self, best: _Best | None, hit: _Hit | None, image: np.ndarray | None) -> _Best | None:
         """``hit`` (with a copy of its frame when snapshots are on) if it beats ``best``."""
@@ -299,7 +362,8 @@ class EventTracker:
         for h in hits:
             zones.update(dict.fromkeys(h.zones))
         state.event = _Event(
-            id=event_id, label=label, start_wall=start_wall, last_hit_at=now, last_seen_wall=hit.t_wall,
+            id=event_id, label=label, track_id=state.track_id, counts=state.counts, start_wall=start_wall,
+            last_hit_at=now, last_seen_wall=hit.t_wall,
             current=hit.det, best=state.best, zones=zones, frames_seen=len(hits),
         )
         state.window.clear()
@@ -315,7 +379,7 @@ class EventTracker:
                 continue
             if now < event.last_hit_at:  # the clock stepped back: restart the timer
                 event.last_hit_at = now
-            if now - event.last_hit_at >= self.rules.for_label(label).clear_after_s - _EPS:
+            if now - event.last_hit_at >= self.rules.for_label(event.label).clear_after_s - _EPS:
                 out.append(self._end(state))
                 del self._labels[label]
         return out
@@ -369,4 +433,7 @@ class EventTracker:
             frames_seen=event.frames_seen,
             snapshot=event.snapshot,
             snapshot_jpeg=jpeg,
+            track_id=event.track_id,
+            labels=dict(event.counts),
+            start_wall=event.start_wall,
         )

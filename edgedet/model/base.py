@@ -44,6 +44,34 @@ class ModelInfo:
     def num_classes(self) -> int:
         return len(self.names)
 
+    @property
+    def precision(self) -> str:
+        """``fp32`` | ``fp16`` | ``bf16`` | ``int8``: edgedet's ``precision`` field, else Ultralytics' args."""
+        ours = self.extra.get("edgedet")
+        value = ours.get("precision") if isinstance(ours, dict) else None
+        if value in PRECISIONS:
+            return str(value)
+        args = self.extra.get("args")
+        if isinstance(args, dict) and args.get("int8") is True:
+            return "int8"
+        return "fp16" if self.half else "fp32"
+
+
+PRECISIONS = ("fp32", "fp16", "bf16", "int8")
+
+
+def cpu_bf16() -> tuple[bool, str]:
+    """(native bf16 on this CPU, a one-line description) from /proc/cpuinfo's flags (Linux)."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as fh:
+            flags = {f for line in fh if line.lower().startswith(("flags", "features")) for f in line.split()}
+    except OSError:
+        return False, "cannot read /proc/cpuinfo to tell whether this CPU has bf16 instructions"
+    have = sorted(flags & {"avx512_bf16", "amx_bf16", "bf16"})
+    if have:
+        return True, f"this CPU has bf16 instructions ({', '.join(have)})"
+    return False, "this CPU has no bf16 instructions (no avx512_bf16 / amx_bf16 / bf16 flag)"
+
 
 class Detector(Protocol):
     """Everything a caller needs from a loaded model; every backend implements all of it.
@@ -71,10 +99,81 @@ class Detector(Protocol):
         """Raw head output for a preprocessed (N, 3, H, W) batch."""
 
 
+# Bounds on a model's metadata: real metadata is a few KiB (1000 class names ~ 20 KiB) and a few
+# hundred values. A hostile file (a YAML alias bomb, a zip entry that inflates to gigabytes) is
+# refused with one line before it costs time or memory.
+MAX_METADATA_BYTES = 2**20
+MAX_METADATA_VALUES = 100_000
+
+
+def check_metadata_bytes(size: int, path: Path) -> None:
+    """Refuse metadata larger than :data:`MAX_METADATA_BYTES` before reading it."""
+    if size > MAX_METADATA_BYTES:
+        raise ModelError(
+            f"{path}: model metadata is {size} bytes (more than {MAX_METADATA_BYTES // 1024} KiB); "
+            "re-export the model"
+        )
+
+
+def check_metadata_size(meta: Any, path: Path) -> None:
+    """Refuse decoded metadata that YAML aliases expand past :data:`MAX_METADATA_VALUES` values, or
+    that refers to itself; counted with one memo per container, so in time linear in the file."""
+    sizes: dict[int, int] = {}
+    active: set[int] = set()
+
+    def size(value: Any) -> int:
+        if not isinstance(value, (dict, list, tuple)):
+            return 1
+        key = id(value)
+        if key in sizes:
+            return sizes[key]
+        if key in active:
+            raise ModelError(f"{path}: model metadata refers to itself (a recursive YAML alias); re-export the model")
+        active.add(key)
+        total = 1
+        for item in (x for pair in value.items() for x in pair) if isinstance(value, dict) else value:
+            total += size(item)
+            if total > MAX_METADATA_VALUES:
+                raise ModelError(
+                    f"{path}: model metadata expands to more than {MAX_METADATA_VALUES} values "
+                    "(a YAML alias bomb?); re-export the model"
+                )
+        active.discard(key)
+        sizes[key] = total
+        return total
+
+    try:
+        size(meta)
+    except RecursionError:
+        raise ModelError(f"{path}: model metadata is nested too deeply; re-export the model") from None
+
+
+def _int_field(meta: Mapping[str, Any], key: str, default: int, path: Path) -> int:
+    """A positive integer metadata value (an integral string too, as ONNX stores them)."""
+    value = meta.get(key, default)
+    if isinstance(value, str) and value.strip().isdigit():
+        value = int(value.strip())
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        shown = repr(value) if len(repr(value)) <= 40 else repr(value)[:37] + "..."
+        raise ModelError(f"{path}: metadata '{key}' must be a positive integer (got {shown}); re-export the model")
+    return value
+
+
+def _bool_field(value: Any, key: str, path: Path) -> bool:
+    if value is None:
+        return False
+    if not isinstance(value, bool):
+        raise ModelError(f"{path}: metadata '{key}' must be true or false (got {value!r:.40}); re-export the model")
+    return value
+
+
 def parse_metadata(raw: str | bytes, path: Path) -> ModelInfo:
     """Ultralytics ``config.txt`` JSON -> ModelInfo; errors name the file."""
+    check_metadata_bytes(len(raw), path)
     try:
         meta = json.loads(raw)
+    except RecursionError:
+        raise ModelError(f"{path}: metadata {METADATA_FILE} is nested too deeply; re-export the model") from None
     except (ValueError, UnicodeDecodeError):
         raise ModelError(
             f"{path}: metadata {METADATA_FILE} is not valid JSON; re-export with `edgedet export`"
@@ -87,7 +186,7 @@ def parse_metadata(raw: str | bytes, path: Path) -> ModelInfo:
         if isinstance(value, str) and key in {"imgsz", "names"}:
             try:
                 value = ast.literal_eval(value)
-            except (ValueError, SyntaxError):
+            except (ValueError, TypeError, SyntaxError, MemoryError, RecursionError):
                 pass
         return value
 
@@ -119,15 +218,16 @@ def parse_metadata(raw: str | bytes, path: Path) -> ModelInfo:
         raise ModelError(f"{path}: exported with NMS inside the model; export without nms (edgedet does NMS itself)")
     ours: dict[str, Any] = meta["edgedet"] if isinstance(meta.get("edgedet"), dict) else {}
     args: dict[str, Any] = meta["args"] if isinstance(meta.get("args"), dict) else {}
+    torch_version = ours.get("torch")
     return ModelInfo(
         name=path.stem,
         names=names,
         imgsz=(int(imgsz[0]), int(imgsz[1])),
-        stride=int(meta.get("stride", 32)),
+        stride=_int_field(meta, "stride", 32, path),
         task=task,
-        batch=int(meta.get("batch", 1)),
-        half=bool(ours.get("half", args.get("half", False))),
-        exported_torch=ours.get("torch"),
+        batch=_int_field(meta, "batch", 1, path),
+        half=_bool_field(ours.get("half", args.get("half", False)), "half", path),
+        exported_torch=None if torch_version is None else str(torch_version),
         extra=meta,
     )
 
@@ -174,7 +274,7 @@ def decode_string_props(props: Mapping[str, str]) -> dict[str, Any]:
         elif key in _LITERAL_KEYS:
             try:
                 decoded = ast.literal_eval(value)
-            except (ValueError, SyntaxError):
+            except (ValueError, TypeError, SyntaxError, MemoryError, RecursionError):
                 pass
         elif key in _INT_KEYS:
             try:
@@ -187,7 +287,12 @@ def decode_string_props(props: Mapping[str, str]) -> dict[str, Any]:
 
 def info_from_mapping(meta: Mapping[str, Any], path: Path, name: str) -> ModelInfo:
     """Validate decoded metadata with the TorchScript rules (same messages) and name the model."""
-    raw = json.dumps(dict(meta), default=str)
+    check_metadata_size(meta, path)
+    try:
+        raw = json.dumps(dict(meta), default=str)
+    except (ValueError, TypeError, RecursionError) as exc:  # keys JSON cannot hold, a cycle
+        raise ModelError(f"{path}: model metadata cannot be read: {first_line(exc)}; re-export the model") from None
+    check_metadata_bytes(len(raw), path)  # what aliases expanded to, before it is parsed again
     return dataclasses.replace(parse_metadata(raw, path), name=name)
 
 

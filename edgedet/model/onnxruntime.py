@@ -21,6 +21,7 @@ from edgedet.model.base import (
     RuntimeDetector,
     check_file,
     check_input_shape,
+    check_metadata_bytes,
     decode_string_props,
     info_from_mapping,
     zipped_torchscript_hint,
@@ -81,6 +82,7 @@ class OnnxRuntimeDetector(RuntimeDetector):
                 f"{self.path}: not an ONNX model or cannot load it (onnxruntime: {first_line(exc)})"
             ) from None
         self.info = read_session_metadata(self._session, self.path)
+        self.precision = self.info.precision  # an int8 model is QDQ in the graph: nothing to set here
         inputs, outputs = self._session.get_inputs(), self._session.get_outputs()
         if len(inputs) != 1 or not outputs:
             raise ModelError(f"{self.path}: expected 1 input and 1 output, found {len(inputs)} and {len(outputs)}")
@@ -102,6 +104,7 @@ class OnnxRuntimeDetector(RuntimeDetector):
 
 def read_session_metadata(session: Any, path: Path) -> ModelInfo:
     props = dict(session.get_modelmeta().custom_metadata_map)
+    check_metadata_bytes(sum(len(k) + len(v) for k, v in props.items()), path)
     if "names" not in props:
         raise ModelError(
             f"{path}: no model metadata (ONNX metadata_props without 'names'); "

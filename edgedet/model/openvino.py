@@ -3,7 +3,8 @@
 Loads a ``<name>_openvino_model/`` directory written by ``edgedet export --format openvino`` (or
 Ultralytics' ``format=openvino``): ``<name>.xml`` + ``<name>.bin`` and a ``metadata.yaml`` sidecar.
 Inference runs in fp32 (``INFERENCE_PRECISION_HINT=f32``): OpenVINO would otherwise pick bf16 on
-CPUs that have it, and detections would drift from the TorchScript reference.
+CPUs that have it, and detections would drift from the TorchScript reference. A model exported with
+``--precision bf16`` says so in its metadata and gets ``INFERENCE_PRECISION_HINT=bf16``.
 
 One compiled model is shared; each calling thread gets its own ``InferRequest`` (an InferRequest
 is not safe to use from two threads at once). ``InferRequest.infer`` releases the GIL.
@@ -23,15 +24,34 @@ import yaml
 
 from edgedet.errors import ModelError, first_line
 from edgedet.model.base import (
+    MAX_METADATA_BYTES,
     OPENVINO_DIR_SUFFIX,
     ModelInfo,
     RuntimeDetector,
     check_input_shape,
+    check_metadata_bytes,
     info_from_mapping,
     runtime_message,
 )
 
 METADATA_YAML = "metadata.yaml"
+MAX_METADATA_DEPTH = 32  # Ultralytics writes 3 levels; PyYAML slows with the square of the flow depth
+
+
+class _MetadataLoader(yaml.SafeLoader):
+    """PyYAML's safe loader that refuses metadata nested deeper than ``MAX_METADATA_DEPTH`` as it composes."""
+
+    depth = 0
+
+    def compose_node(self, parent: yaml.Node | None, index: object) -> yaml.Node | None:
+        self.depth += 1
+        try:
+            if self.depth > MAX_METADATA_DEPTH:
+                raise RecursionError("model metadata nested too deeply")
+            node: yaml.Node | None = super().compose_node(parent, index)
+            return node
+        finally:
+            self.depth -= 1
 
 
 def import_openvino() -> Any:
@@ -94,7 +114,13 @@ def read_metadata(path: str | os.PathLike[str]) -> ModelInfo:
             "re-export it with `edgedet export --format openvino`"
         )
     try:
-        meta = yaml.safe_load(meta_path.read_text(encoding="utf-8"))
+        with meta_path.open("rb") as fh:
+            raw = fh.read(MAX_METADATA_BYTES + 1)
+        check_metadata_bytes(len(raw), meta_path)
+        meta = yaml.load(raw.decode("utf-8"), Loader=_MetadataLoader)  # noqa: S506 - a safe loader
+        # aliases stay shared objects here: check_metadata_size counts what they expand to
+    except RecursionError:
+        raise ModelError(f"{meta_path}: model metadata is nested too deeply; re-export the model") from None
     except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
         raise ModelError(f"{meta_path}: cannot read model metadata: {first_line(exc)}") from None
     if not isinstance(meta, dict):
@@ -119,7 +145,13 @@ class OpenVinoDetector(RuntimeDetector):
         self.info = read_metadata(self.path)
         self.half = False
         self.runtime = f"openvino {ov.__version__.split('-')[0]}"
-        config: dict[str, Any] = {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_PRECISION_HINT": "f32"}
+        # f32 unless the model says bf16 (`edgedet export --precision bf16`): OpenVINO would otherwise
+        # pick bf16 by itself on CPUs that have it. An int8 model keeps its float parts in f32.
+        self.precision = self.info.precision
+        ours = self.info.extra.get("edgedet")
+        rest = ours.get("inference_precision") if isinstance(ours, dict) else None  # an int8 model's float parts
+        hint = "bf16" if self.precision == "bf16" or rest == "bf16" else "f32"
+        config: dict[str, Any] = {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_PRECISION_HINT": hint}
         if threads is not None:
             config["INFERENCE_NUM_THREADS"] = max(1, int(threads))
         core = ov.Core()

@@ -15,8 +15,17 @@ from typing import Any
 
 import numpy as np
 
-from edgedet.errors import ModelError, first_line
-from edgedet.model.base import METADATA_FILE, InputLayout, ModelInfo, check_file, dry_run, forward_error, parse_metadata
+from edgedet.errors import EnvironmentFault, ModelError, first_line
+from edgedet.model.base import (
+    METADATA_FILE,
+    InputLayout,
+    ModelInfo,
+    check_file,
+    check_metadata_bytes,
+    dry_run,
+    forward_error,
+    parse_metadata,
+)
 
 log = logging.getLogger(__name__)
 
@@ -65,6 +74,7 @@ def read_metadata(path: str | os.PathLike[str]) -> ModelInfo:
             raise ModelError(
                 f"{path}: no model metadata (extra file {METADATA_FILE}); re-export it with `edgedet export`"
             )
+        check_metadata_bytes(zf.getinfo(name).file_size, path)  # a zip entry may inflate to gigabytes
         return parse_metadata(zf.read(name), path)
 
 
@@ -100,12 +110,16 @@ class TorchScriptDetector:
             set_torch_threads(threads)
         self.runtime = f"torch {torch.__version__}"
         if device.startswith("cuda") and not torch.cuda.is_available():
-            raise ModelError(f"model.device {device}: CUDA is not available on this machine")
+            raise EnvironmentFault(f"model.device {device}: CUDA is not available on this machine (yet)")
         self.device = device
         self.half = self.info.half if half is None else half
         self._torch = torch
         self._local = threading.local()
         self._dtype = torch.float16 if self.half else torch.float32
+        # bf16 (``edgedet export --precision bf16``): fp32 weights run under CPU autocast, so convs and
+        # matmuls take bf16 kernels (AVX512_BF16 / AMX) and the rest stays fp32.
+        self.precision = self.info.precision if not self.half else "fp16"
+        self._autocast = self.precision == "bf16" and device == "cpu"
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", FutureWarning)  # torch.jit.load deprecation notice
@@ -161,7 +175,11 @@ class TorchScriptDetector:
                 x = x.to(self.device, non_blocking=True)
             x = x.to(dtype=self._dtype, memory_format=self._memory_format)
             try:
-                y = self._module(x)
+                if self._autocast:
+                    with torch.autocast("cpu", dtype=torch.bfloat16):
+                        y = self._module(x)
+                else:
+                    y = self._module(x)
             except RuntimeError as exc:
                 raise forward_error(self.path, batch, self.input_shape, first_line(exc)) from None
             if isinstance(y, (list, tuple)):

@@ -39,6 +39,7 @@ def to_payload(dets: Detections, capture_to_publish_ms: float) -> bytes:
     items = []
     for det in dets.items:
         d = det.as_dict()
+        d["track_id"] = det.track_id
         d["label"] = str(d["label"])
         d["class_id"] = int(d["class_id"])
         items.append(d)
@@ -58,3 +59,24 @@ def to_payload(dets: Detections, capture_to_publish_ms: float) -> bytes:
     }
     return json.dumps(message, separators=(",", ":"), allow_nan=False, ensure_ascii=False).encode()
 
+
+
+def fit_jpeg(data: bytes, max_bytes: int) -> bytes | None:
+    """A JPEG re-encoded to at most ``max_bytes``: lower quality first (75, 60, 45), then halving
+    the area each step down to 160 px wide. None when it cannot be decoded or never fits."""
+    import cv2  # lazy: payload.py stays importable (and cheap) without OpenCV loaded
+    import numpy as np
+
+    image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+    if image is None:
+        return None
+    while True:
+        for quality in (75, 60, 45):
+            ok, buf = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, quality])
+            if ok and buf.size <= max_bytes:
+                return buf.tobytes()
+        height, width = image.shape[:2]
+        if width <= 160:
+            return None
+        image = cv2.resize(image, (max(1, int(width * 0.7)), max(1, int(height * 0.7))),
+                           interpolation=cv2.INTER_AREA)

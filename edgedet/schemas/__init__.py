@@ -8,7 +8,8 @@ from typing import Any
 
 
 def load_schema(name: str) -> dict[str, Any]:
-    """The schema ``<name>.schema.json`` (``"detections"``, ``"event"``); a fresh dict per call.
+    """The schema ``<name>.schema.json`` (``"detections"``, ``"event"``, ``"node_info"``, ``"stats"``,
+    ``"feedback"``); a fresh dict per call.
 
     Raises FileNotFoundError naming the schemas that exist when ``name`` is not one of them.
     """

@@ -9,6 +9,7 @@ The README table "What edgedet says about bad input" mirrors these cases.
 
 from __future__ import annotations
 
+import json
 import os
 import pickle
 import socket
@@ -58,12 +59,13 @@ def error_lines(stderr: str) -> list[str]:
     return [line for line in stderr.splitlines() if line.startswith("error:")]
 
 
-def assert_rejected(result: subprocess.CompletedProcess[str], expected: str, *, first_line: bool = True) -> None:
-    """Exit 2, exactly one ``error:`` line equal to ``expected`` (and the first stderr line when
-    ``first_line``), nothing on stdout, no traceback anywhere."""
+def assert_rejected(result: subprocess.CompletedProcess[str], expected: str, *, first_line: bool = True,
+                    code: int = 2) -> None:
+    """Exit ``code`` (2: a wrong config or input file), exactly one ``error:`` line equal to ``expected``
+    (and the first stderr line when ``first_line``), nothing on stdout, no traceback anywhere."""
     output = result.stdout + result.stderr
     assert "Traceback" not in output, output
-    assert result.returncode == 2, output
+    assert result.returncode == code, output
     assert error_lines(result.stderr) == [expected], output
     if first_line:
         assert result.stderr.splitlines()[0] == expected, output
@@ -126,6 +128,18 @@ CONFIG_CASES = [
         GOOD + "  tls:\n    ca: $dir/missing-ca.pem\n",
         "error: $cfg:14: mqtt.tls.ca: file not found: $dir/missing-ca.pem",
     ),
+    (  # issue 10 item 13: ~300 bytes that aliases expand to 4.8 million values ("billion laughs")
+        "yaml-alias-bomb",
+        GOOD + "a: &a [x, x, x, x, x, x, x, x, x]\n"
+        "b: &b [*a, *a, *a, *a, *a, *a, *a, *a, *a]\n"
+        "c: &c [*b, *b, *b, *b, *b, *b, *b, *b, *b]\n"
+        "d: &d [*c, *c, *c, *c, *c, *c, *c, *c, *c]\n"
+        "e: &e [*d, *d, *d, *d, *d, *d, *d, *d, *d]\n"
+        "f: &f [*e, *e, *e, *e, *e, *e, *e, *e, *e]\n"
+        "g: &g [*f, *f, *f, *f, *f, *f, *f, *f, *f]\n",
+        "error: $cfg:18: YAML aliases expand this value to more than 100000 values (an alias bomb?); "
+        "write the values out or use fewer aliases",
+    ),
     (
         "unreadable-tls-ca",
         GOOD + "  tls:\n    ca: $dir/locked-ca.pem\n",
@@ -180,6 +194,15 @@ def _torchscript_without_metadata(path: Path) -> None:
         zf.writestr("m/version", "3\n")
 
 
+def _torchscript_with_text_stride(path: Path) -> None:
+    """A TorchScript archive layout whose metadata has ``stride: "thirty-two"`` (issue 10 item 13)."""
+    meta = {"names": {"0": "person"}, "imgsz": [64, 64], "stride": "thirty-two", "task": "detect", "batch": 1}
+    with zipfile.ZipFile(path, "w") as zf:
+        zf.writestr("m/data.pkl", pickle.dumps({}))
+        zf.writestr("m/code/__torch__.py", "")
+        zf.writestr("m/extra/config.txt", json.dumps(meta))
+
+
 @dataclass(frozen=True, slots=True)
 class Rejection:
     result: subprocess.CompletedProcess[str]
@@ -190,9 +213,12 @@ class Rejection:
 
 
 STARTUP_CASES = [
-    "not-torchscript", "torch-save-checkpoint", "metadata-missing", "unknown-classes-label",
+    "not-torchscript", "torch-save-checkpoint", "metadata-missing", "metadata-text-stride", "unknown-classes-label",
     "metrics-port-in-use", "tls-ca-not-pem", "tls-client-cert-not-pem",
 ]
+# Not a wrong config but a machine not ready (the port still held by another process): exit 75, which
+# systemd restarts (issue 10: only a wrong config or input file exits 2).
+STARTUP_EXIT_CODES = {"metrics-port-in-use": 75}
 
 
 @pytest.fixture(scope="module")
@@ -210,6 +236,8 @@ def startup_rejections(tmp_path_factory: pytest.TempPathFactory, assets: Any) ->
          "export it first with `edgedet export`"),
         ("metadata-missing", _torchscript_without_metadata,
          "no model metadata (extra file config.txt); re-export it with `edgedet export`"),
+        ("metadata-text-stride", _torchscript_with_text_stride,
+         "metadata 'stride' must be a positive integer (got 'thirty-two'); re-export the model"),
     ]:
         model = folder / f"{name}.torchscript"
         make(model)
@@ -262,7 +290,8 @@ def startup_rejections(tmp_path_factory: pytest.TempPathFactory, assets: Any) ->
 @pytest.mark.parametrize("case", STARTUP_CASES)
 def test_startup_error_is_one_line_and_exit_2(startup_rejections: dict[str, Rejection], case: str) -> None:
     rejection = startup_rejections[case]
-    assert_rejected(rejection.result, rejection.expected, first_line=rejection.first_line)
+    assert_rejected(rejection.result, rejection.expected, first_line=rejection.first_line,
+                    code=STARTUP_EXIT_CODES.get(case, 2))
     if not rejection.first_line:  # only INFO lines before it, and the error is the last line
         assert rejection.result.stderr.splitlines()[-1] == rejection.expected
 

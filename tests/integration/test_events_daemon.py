@@ -44,3 +44,46 @@ def test_one_new_end_pair_per_appearance(tmp_path: Path, assets, start_daemon):
     saved = list((tmp_path / "state" / "snapshots" / "yard").glob("*.jpg"))
     assert saved and events[0]["snapshot"] and Path(events[0]["snapshot"]).is_file()
     print(f"events: {lifecycle}, {len(snapshots)} snapshots")
+
+
+def test_tracked_objects_one_event_and_one_track_per_appearance_with_clips(tmp_path: Path, assets, start_daemon):
+    """Issue 14: with the tracker (the default) each appearance is one object: one track id, one
+    new/end pair whatever the Normal/Fall flicker, and an MP4 clip from pre- to post-capture."""
+    import cv2
+
+    proc, sub, _ = start_daemon(
+        {"yard": {"url": str(assets.enter_leave), "realtime": True, "loop": False, "tracking": {"max_age_s": 2}}},
+        events={
+            "default": {"confirm_frames": 3, "window_frames": 5, "min_score": 0.3, "clear_after_s": 1.5,
+                        "update_interval_s": 1},
+            "clips": {"enabled": True, "pre_capture_s": 1.0, "post_capture_s": 1.0},
+        },
+    )
+    assert proc.wait(timeout=180) == 0, proc.output()
+    sub.wait_for(lambda m: sum(1 for x in m if x.topic.endswith("/events") and b'"end"' in x.payload) >= 2,
+                 timeout=10, what="two end events")
+    events = [json.loads(m.payload) for m in sub.messages(f"edgedet/{NODE}/yard/events")]
+    schema = load_schema("event")
+    for e in events:
+        jsonschema.validate(e, schema)
+    news = [e for e in events if e["type"] == "new"]
+    assert len(news) == 2, [(e["type"], e["label"], e["track_id"]) for e in events]
+    tracks = [e["track_id"] for e in news]
+    assert all(t and t.startswith("yard-") for t in tracks) and tracks[0] != tracks[1]
+    for e in events:  # every message of an event names that event's object
+        assert e["track_id"] == next(n["track_id"] for n in news if n["id"] == e["id"])
+    assert all(sum(e["labels"].values()) >= 3 for e in events if e["type"] == "end")
+    detections = [json.loads(m.payload) for m in sub.messages(f"edgedet/{NODE}/yard/detections")]
+    ids = {d["track_id"] for msg in detections for d in msg["detections"]} - {None}
+    assert set(tracks) <= ids
+    # Clips: written post_capture_s after each end; OpenCV reads them back.
+    clips = [e["clip"] for e in events if e["type"] == "end"]
+    assert all(clips) and len(set(clips)) == 2
+    for clip in clips:
+        cap = cv2.VideoCapture(clip)
+        frames, fps = int(cap.get(cv2.CAP_PROP_FRAME_COUNT)), cap.get(cv2.CAP_PROP_FPS)
+        cap.release()
+        assert frames >= 10 and fps > 0, (clip, frames, fps)
+        print(f"clip {Path(clip).name}: {frames} frames at {fps:.1f} fps = {frames / fps:.1f} s, "
+              f"{Path(clip).stat().st_size / 1024:.0f} KiB")
+    print(f"tracks per appearance: {tracks}; labels: {[e['labels'] for e in events if e['type'] == 'end']}")

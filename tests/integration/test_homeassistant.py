@@ -27,6 +27,7 @@ EXPECTED = {  # the model's labels are Normal and Fall
     "homeassistant/sensor/testnode_cam/fps/config",
     "homeassistant/sensor/testnode_cam/latency_p50/config",
     "homeassistant/sensor/testnode_cam/latency_p95/config",
+    "homeassistant/sensor/testnode_cam/profile/config",
 }
 
 

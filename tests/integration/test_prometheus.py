@@ -340,7 +340,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory, assets: Assets) -> Iterator[
             pytest.fail(f"{exc}\n{logs()}")
         if any(p is None or p.poll() is not None for p in procs):
             pytest.fail(f"a process exited early\n{logs()}")
-        variables = {"job": JOB, "instance": f"127.0.0.1:{metrics_port}", "camera": CAMERA,
+        variables = {"job": JOB, "node": ".*", "instance": f"127.0.0.1:{metrics_port}", "camera": CAMERA,
                      "__rate_interval": RATE_INTERVAL, "__interval": RATE_INTERVAL, "__range": "1m"}
         yield Stack(prom, variables)
     finally:

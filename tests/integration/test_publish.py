@@ -235,7 +235,7 @@ def test_detections_are_published_and_match_the_schema(broker: MosquittoBroker, 
     jsonschema.Draft202012Validator(load_schema("detections")).validate(msg)
     assert (msg["camera"], msg["seq"], msg["width"], msg["height"]) == ("gate", 7, 640, 480)
     assert msg["detections"] == [
-        {"label": "person", "class_id": 0, "score": 0.9, "box": [1.0, 2.0, 30.0, 40.0]}
+        {"label": "person", "class_id": 0, "score": 0.9, "box": [1.0, 2.0, 30.0, 40.0], "track_id": None}
     ]
     assert 50.0 <= msg["latency_ms"]["capture_to_publish"] < 5000.0
     assert msg["latency_ms"]["inference"] == 10.0

@@ -22,6 +22,7 @@ from tests.helpers import (
     Message,
     MqttSubscriber,
     metrics_text,
+    mqtt_publish,
     parse_metric,
     run_daemon,
     stop_daemon,
@@ -157,16 +158,39 @@ def test_reload_cameras_events_and_mqtt(tmp_path: Path, mosquitto: Any, mqtt_sub
         assert d.count("camera a up") == 1 and d.count("camera b up") == 2
         # Frames of the restarted camera start at seq 0 again: a tracker that kept the old last
         # seq would ignore them. The restart ends b's event and the next frames start a new one.
-        d.wait(lambda m: events_of(m, "b", t0)[:2] == ["end", "new"], "end + new event on b after its restart")
+        # Issue 14: one event per tracked object (the clip shows two people): every active event of b
+        # ends first, then new ones start.
 
-        # 3. remove camera b: it stops publishing, its retained status becomes offline; a goes on.
+        def lifecycle(m: list[Message], since: float, until: float = float("inf")) -> list[tuple[str, str]]:
+            topic = f"{BASE}/b/events"
+            return [(e["type"], e["id"]) for e in (json.loads(x.payload) for x in m
+                    if x.topic == topic and since <= x.time < until)]
+
+        before = lifecycle(sub.messages(), 0.0, t0)
+        active = {i for k, i in before if k == "new"} - {i for k, i in before if k == "end"}
+
+        def ended_then_new(m: list[Message]) -> bool:
+            after = lifecycle(m, t0)
+            ended = {i for k, i in after if k == "end"}
+            return active <= ended and any(k == "new" and i not in active for k, i in after)
+
+        d.wait(ended_then_new, "end of b's active events + a new event on b after its restart")
+
+        # 3. remove camera b: it stops publishing, its retained topics are cleared (issue 10 item 12:
+        # status, snapshot, stats, <label>/active; before, status stayed "offline"); a goes on.
         d.write({"a": cam}, mqtt={"publish_empty": True}, events=events)
         t = d.reload("config reloaded: cameras removed: b")
         b_at_reload = len(seqs(sub.messages(), "b"))
         d.wait(lambda m: len(seqs(m, "a", t)) >= 3, "3 frames of a after removing b")
         assert len(seqs(sub.messages(), "b")) <= b_at_reload + 1, "b kept publishing"  # one in flight
-        late = mqtt_sub(mosquitto, f"{BASE}/b/status")
-        assert late.wait_message(f"{BASE}/b/status", timeout=10).payload == b"offline"
+        assert sub.wait_message(f"{BASE}/b/status", b"", timeout=10).retain is False  # the clear went out
+        cleared = {m.topic for m in sub.messages() if m.topic.startswith(f"{BASE}/b/") and m.payload == b""}
+        assert {f"{BASE}/b/status", f"{BASE}/b/snapshot", f"{BASE}/b/stats"} <= cleared
+        assert any(t.endswith("/active") for t in cleared), cleared  # b had an event: its active topic too
+        late = mqtt_sub(mosquitto, f"{BASE}/b/#")  # retained messages arrive before the marker
+        mqtt_publish(mosquitto, f"{BASE}/b/zz-marker", b"marker")
+        late.wait_message(f"{BASE}/b/zz-marker", timeout=10)
+        assert [m.topic for m in late.messages() if m.topic != f"{BASE}/b/zz-marker"] == []
         assert d.count("camera a up") == 1
         assert d.metrics_port is not None
         text = metrics_text(d.metrics_port)  # a removed camera must not look stale or up

@@ -1,6 +1,7 @@
 """The daemon's own sd_notify traffic, read from a real AF_UNIX datagram socket standing in for
 systemd: READY after the model load, WATCHDOG pings while frames flow, STATUS lines, STOPPING on
-SIGTERM; and no pings once no live camera has delivered a frame for ``watchdog_grace_s``."""
+SIGTERM; and pings that go on while the only camera is unreachable (a wedged daemon stops them:
+tests/unit/test_health.py)."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.brokers import healthz
 from tests.daemoncfg import write_config
 from tests.helpers import DaemonProcess, free_port, run_daemon, stop_daemon
 
@@ -138,20 +140,19 @@ def test_ready_pings_status_and_stopping(tmp_path: Path, mosquitto, mqtt_sub, as
     assert "watchdog pings stopped" not in proc.output()
 
 
-def test_no_pings_when_the_only_camera_never_comes_up(tmp_path: Path, mosquitto, systemd: FakeSystemd):
+def test_pings_go_on_while_the_only_camera_is_unreachable(tmp_path: Path, mosquitto, systemd: FakeSystemd):
+    """A dead network is not a wedged daemon (issue 10): restarting cannot fix it, so pings continue
+    well past ``watchdog_grace_s`` while the camera is reported down in /healthz."""
     dead = f"rtsp://127.0.0.1:{free_port()}/cam"  # nothing listens there
-    cfg, _ = write_config(tmp_path, {"gate": {"url": dead}}, mosquitto.port, watchdog_grace_s=GRACE_S)
+    cfg, metrics_port = write_config(tmp_path, {"gate": {"url": dead}}, mosquitto.port, watchdog_grace_s=GRACE_S)
     proc = run_daemon(cfg, env=notify_env(systemd))
     try:
         ready = systemd.wait(lambda n: n.has("READY", "1"), STARTUP_S, "READY=1", proc)
-        unhealthy = systemd.wait(lambda n: "no frame processed" in (n.get("STATUS") or ""),
-                                 GRACE_S + DEADLINE_S, "a STATUS line explaining the missing pings", proc)
-        # Pings ran during the grace period (so the silence below is the health check's doing) ...
-        assert any(map(is_ping, systemd.received[: systemd.received.index(unhealthy)])), systemd.texts()
-        assert unhealthy.at - ready.at >= GRACE_S - 1.0, "pings stopped before the grace period ended"
-        # ... and none arrives for several intervals after it.
-        late = systemd.collect(SILENCE_WINDOW_S)
-        assert not any(map(is_ping, late)), f"WATCHDOG=1 after the grace period: {systemd.texts()}"
+        after_grace = systemd.collect(GRACE_S + SILENCE_WINDOW_S)  # the grace and five ping intervals more
+        pings = [n for n in after_grace if is_ping(n) and n.at - ready.at > GRACE_S]
+        assert len(pings) >= 3, f"pings stopped although only the camera is down: {systemd.texts()}"
+        status, body = healthz(metrics_port)
+        assert status == 503 and "camera gate: no frame yet" in body["reason"], body
 
         os.kill(proc.pid, signal.SIGTERM)
         systemd.wait(lambda n: n.has("STOPPING", "1"), DEADLINE_S, "STOPPING=1")
@@ -159,4 +160,4 @@ def test_no_pings_when_the_only_camera_never_comes_up(tmp_path: Path, mosquitto,
     finally:
         stop_daemon(proc)
     assert code == 0, proc.output()
-    assert "watchdog pings stopped" in proc.stderr_text()
+    assert "watchdog pings stopped" not in proc.stderr_text()

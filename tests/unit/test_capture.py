@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import random
@@ -16,7 +17,7 @@ import numpy as np
 import pytest
 from prometheus_client import CollectorRegistry
 
-from edgedet.capture.source import FrameSource, OpenCvSource
+from edgedet.capture.source import FfmpegOptionsGate, FrameSource, OpenCvSource
 from edgedet.capture.worker import FROZEN_MAX_DIFF, CaptureWorker, thumbnail
 from edgedet.errors import CaptureError
 from edgedet.framequeue import CameraQueue, FrameHub
@@ -382,7 +383,7 @@ def test_backoff_sequence_resets_after_a_frame_and_state_changes(
     states = States()
     make_worker(
         workers, script, queue, stop, metrics, backoff_initial=0.01, backoff_max=0.03,
-        wait=waiter, rng=random.Random(42), on_state=states,
+        wait=waiter, rng=random.Random(42), on_state=states, stable_frames=2, stable_s=0.0,
     )
     assert waiter.reached.wait(DEADLINE_S)
     caps = [0.01, 0.02, 0.03, 0.01, 0.02, 0.03]  # doubling, capped, reset by the frames
@@ -890,25 +891,34 @@ def test_read_timeout_is_honoured() -> None:
 
 class FakeRtspServer:
     """Answers OPTIONS / DESCRIBE (one MJPEG track), records the SETUP Transport header and
-    refuses it with 461 -- enough to see which transport FFmpeg asked for."""
+    refuses it with 461 -- enough to see which transport FFmpeg asked for. Serves any number of
+    connections in turn (the source's OPTIONS probe is one)."""
 
     SDP = "v=0\r\no=- 0 0 IN IP4 127.0.0.1\r\ns=x\r\nt=0 0\r\nm=video 0 RTP/AVP 26\r\na=control:track1\r\n"
 
     def __init__(self) -> None:
         self.sock = socket.socket()
         self.sock.bind(("127.0.0.1", 0))
-        self.sock.listen(1)
-        self.sock.settimeout(DEADLINE_S)
+        self.sock.listen(4)
+        self.sock.settimeout(0.05)
         self.port = self.sock.getsockname()[1]
         self.transports: list[str] = []
+        self.done = threading.Event()
         self.thread = threading.Thread(target=self._serve, name="test-rtsp-server")
         self.thread.start()
 
     def _serve(self) -> None:
-        try:
-            conn, _ = self.sock.accept()
-        except OSError:
-            return
+        while not self.done.is_set():
+            try:
+                conn, _ = self.sock.accept()
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            with contextlib.suppress(OSError):  # a client that hung up early
+                self._answer(conn)
+
+    def _answer(self, conn: socket.socket) -> None:
         with conn:
             conn.settimeout(DEADLINE_S)
             buffer = b""
@@ -932,8 +942,9 @@ class FakeRtspServer:
                     conn.sendall(reply.encode())
 
     def close(self) -> None:
-        self.sock.close()
+        self.done.set()
         self.thread.join(DEADLINE_S)
+        self.sock.close()
 
 
 @pytest.mark.parametrize(("transport", "expected"), [("tcp", "RTP/AVP/TCP;"), ("udp", "RTP/AVP/UDP;")])
@@ -983,3 +994,139 @@ def test_failed_opens_print_no_native_errors_unless_asked(
     else:  # OpenCV's FFmpeg log callback writes to stdout
         output = result.stdout + result.stderr
         assert output.count(ours) == 3 and output.count("moov atom not found") == 3
+
+
+# ----------------------------------------------------------------------------- issue 10 item 10: reconnect storms
+
+
+class NoJitter(random.Random):
+    """Full jitter off: every backoff wait is its cap, so the measured intervals show the caps."""
+
+    def uniform(self, a: float, b: float) -> float:
+        return b
+
+
+def test_a_camera_that_gives_one_frame_and_drops_backs_off(
+    stop: threading.Event, registry: CollectorRegistry, metrics: Metrics, workers: list[CaptureWorker]
+) -> None:
+    """Before: the first frame reset the backoff, so such a camera reconnected every ~0.5 s forever."""
+    hub = FrameHub(stop, metrics)
+    queue = hub.add_camera(CAM, maxsize=50)
+    opens: list[float] = []
+
+    def factory() -> FrameSource:
+        opens.append(time.monotonic())
+        return FakeSource(frames=1)  # one frame, then the connection closes
+
+    make_worker(workers, factory, queue, stop, metrics, backoff_initial=0.02, backoff_max=0.32, rng=NoJitter())
+    wait_for_true(lambda: len(opens) >= 7)
+    intervals = [b - a for a, b in zip(opens[:7], opens[1:7], strict=False)]
+    caps = [0.02, 0.04, 0.08, 0.16, 0.32, 0.32]
+    for got, cap in zip(intervals, caps, strict=True):
+        assert cap <= got < cap + 0.25, (intervals, caps)
+    assert value(registry, "edgedet_frames_captured_total") >= 6  # each session still delivered its frame
+
+
+@pytest.mark.parametrize(("stable_s", "resets"), [(0.0, True), (3600.0, False)])
+def test_backoff_resets_only_after_a_stable_session(
+    stop: threading.Event, metrics: Metrics, workers: list[CaptureWorker], stable_s: float, resets: bool
+) -> None:
+    hub = FrameHub(stop, metrics)
+    queue = hub.add_camera(CAM, maxsize=100)
+    script = Script(
+        lambda: FakeSource(frames=1), lambda: FakeSource(frames=1), lambda: FakeSource(frames=1),
+        lambda: FakeSource(frames=12),  # >= stable_frames: stable if stable_s has passed too
+        lambda: FakeSource(frames=1),
+    )
+    waiter = RecordingWait(stop, block_at=5)
+    make_worker(workers, script, queue, stop, metrics, backoff_initial=1.0, backoff_max=64.0, wait=waiter,
+                rng=NoJitter(), stable_frames=10, stable_s=stable_s)
+    assert waiter.reached.wait(DEADLINE_S)
+    assert waiter.delays == ([1.0, 2.0, 4.0, 1.0, 2.0] if resets else [1.0, 2.0, 4.0, 8.0, 16.0])
+
+
+def wait_for_true(predicate: Callable[[], bool], timeout: float = DEADLINE_S) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "condition not met in time"
+        time.sleep(0.01)
+
+
+def test_a_dead_rtsp_camera_does_not_delay_another_cameras_open(silent_server: SilentServer) -> None:
+    """A dead camera (it accepts TCP and never answers) used to sit in cv2.VideoCapture() for its whole
+    open timeout, and every other RTSP camera's (re)connect waited for it (our lock, and OpenCV's own
+    FFmpeg open mutex). Now it fails in the OPTIONS probe, outside both."""
+    dead = OpenCvSource(f"rtsp://127.0.0.1:{silent_server.port}/dead", "rtsp", open_timeout_s=2.0)
+    dead_done = threading.Event()
+    dead_error: list[str] = []
+
+    def open_dead() -> None:
+        try:
+            dead.open()
+        except CaptureError as exc:
+            dead_error.append(str(exc))
+        dead_done.set()
+
+    thread = threading.Thread(target=open_dead, name="test-dead-open")
+    thread.start()
+    try:
+        wait_for_true(lambda: bool(silent_server.conns))  # the dead camera's open is under way
+        for transport, expected in (("tcp", "RTP/AVP/TCP;"), ("udp", "RTP/AVP/UDP;")):
+            server = FakeRtspServer()  # answers at once (and refuses SETUP: a fast, finished open)
+            try:
+                good = OpenCvSource(f"rtsp://127.0.0.1:{server.port}/good", "rtsp",
+                                    transport=transport, open_timeout_s=2.0)  # type: ignore[arg-type]
+                started = time.monotonic()
+                with pytest.raises(CaptureError, match="FFmpeg could not open"):
+                    good.open()
+                elapsed = time.monotonic() - started
+            finally:
+                server.close()
+            assert not dead_done.is_set()  # it really ran while the dead one was opening
+            assert elapsed < 0.5, f"the {transport} camera's open took {elapsed:.2f} s"
+            assert server.transports[0].startswith(expected)
+    finally:
+        thread.join(DEADLINE_S)
+    assert dead_error == [f"cannot open rtsp://127.0.0.1:{silent_server.port}/dead: no answer within 2 s"]
+    assert os.environ.get("OPENCV_FFMPEG_CAPTURE_OPTIONS") is None
+
+
+def test_ffmpeg_options_gate_shares_a_value_and_serialises_another() -> None:
+    gate = FfmpegOptionsGate("EDGEDET_TEST_GATE")
+    os.environ.pop("EDGEDET_TEST_GATE", None)
+    inside = threading.Event()
+    release = threading.Event()
+    seen: dict[str, str | None] = {}
+
+    def hold(value: str) -> None:
+        with gate.using(lambda base: value):
+            inside.set()
+            seen[f"holder:{value}"] = os.environ.get("EDGEDET_TEST_GATE")
+            release.wait(DEADLINE_S)
+
+    holder = threading.Thread(target=hold, args=("tcp",), name="test-gate-holder")
+    holder.start()
+    try:
+        assert inside.wait(DEADLINE_S)
+        started = time.monotonic()
+        with gate.using(lambda base: "tcp"):  # same value: in at once, next to the holder
+            seen["same"] = os.environ.get("EDGEDET_TEST_GATE")
+        assert time.monotonic() - started < 0.5
+        other_in = threading.Event()
+
+        def other() -> None:
+            with gate.using(lambda base: "udp"):
+                seen["other"] = os.environ.get("EDGEDET_TEST_GATE")
+                other_in.set()
+
+        waiter = threading.Thread(target=other, name="test-gate-other")
+        waiter.start()
+        assert not other_in.wait(0.2)  # another value waits for the open in flight
+        release.set()
+        assert other_in.wait(DEADLINE_S)
+        waiter.join(DEADLINE_S)
+    finally:
+        release.set()
+        holder.join(DEADLINE_S)
+    assert seen == {"holder:tcp": "tcp", "same": "tcp", "other": "udp"}
+    assert "EDGEDET_TEST_GATE" not in os.environ  # restored after the last open

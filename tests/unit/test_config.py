@@ -229,7 +229,7 @@ def test_device_and_file_options(base: Path) -> None:
 def test_unknown_top_level_key_without_a_close_match_lists_the_valid_keys(base: Path) -> None:
     assert problems("x-defaults: &defaults {fps_limit: 4}\n" + MINIMAL, base) == [
         "config.yaml:1: x-defaults: unknown key 'x-defaults' (valid keys: node_id, log_level, state_dir, "
-        "cameras, model, workers, mqtt, metrics, events, outbox, homeassistant, watchdog_grace_s)"
+        "cameras, model, workers, mqtt, metrics, events, outbox, homeassistant, web, watchdog_grace_s, location)"
     ]
 
 
@@ -668,7 +668,7 @@ def test_dump_is_plain_yaml_that_loads_back_to_the_same_config(base: Path) -> No
     text = dump_config(cfg, masked=False)
     assert list(yaml.safe_load(text)) == ["node_id", "log_level", "state_dir", "cameras", "model",
                                           "workers", "mqtt", "metrics", "events", "outbox", "homeassistant",
-                                          "watchdog_grace_s"]
+                                          "web", "watchdog_grace_s", "location"]
     assert parse(text, base) == cfg
     assert parse_config(dump_config(cfg), "dump").mqtt.password == "***"
 
@@ -814,8 +814,9 @@ EVENT_ERRORS = [
     ("events: {default: {clear_after_s: 0}}  " + MARK, "events.default.clear_after_s: must be > 0 (got 0.0)"),
     ("events: {default: {update_interval_s: -1}}  " + MARK,
      "events.default.update_interval_s: must be >= 0 (got -1.0)"),
-    ("events: {default: {confirm: 2}}  " + MARK,
-     "events.default.confirm: unknown key 'confirm' (did you mean 'confirm_frames'?)"),
+    ("events: {default: {confirm_frame: 2}}  " + MARK,  # 'confirm' is a key since issue 14 (confirm: tube)
+     "events.default.confirm_frame: unknown key 'confirm_frame' (did you mean 'confirm_frames'?)"),
+    ("events: {default: {confirm: 2}}  " + MARK, "events.default.confirm: expected one of 'frames', 'tube' (got 2)"),
     ("events: {labels: {smoke: {min_score: 2}}}  " + MARK,
      "events.labels.smoke.min_score: must be between 0 and 1 (got 2.0)"),
     ("events: {labels: {smoke: {confirm_frames: 6}}}  " + MARK,
@@ -885,7 +886,11 @@ def test_example_config_loads(base: Path, monkeypatch: pytest.MonkeyPatch) -> No
     cfg = load_config(CONFIG_DIR / "edgedet.example.yaml", check_files=False)
     assert cfg.node_id == "loading-dock-01"
     kinds = {name: (cam.kind, cam.enabled) for name, cam in cfg.cameras.items()}
-    assert kinds == {"gate": ("rtsp", True), "bench": ("device", False), "replay": ("file", True)}
+    assert kinds == {"gate": ("rtsp", True), "hillside": ("rtsp", True), "bench": ("device", False),
+                     "replay": ("file", True)}
+    hill = cfg.cameras["hillside"]
+    assert hill.detect.mode == "motion" and list(hill.profiles) == ["ir_night", "dusk", "maintenance"]
+    assert cfg.location is not None and cfg.location.timezone == "Europe/Paris"
     assert cfg.cameras["gate"].url == "rtsp://viewer:campw@192.168.10.21:554/Streaming/Channels/102"
     assert cfg.mqtt.password == "mqttpw"
     assert cfg.mqtt.tls is not None

@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 import json
+import logging
+import os
 import re
-from collections.abc import Iterable
+import subprocess
+import zlib
+from collections.abc import Iterable, Iterator
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Any
 
 import cv2
 import jsonschema
@@ -365,6 +370,9 @@ def test_json_payload_fields_exactly() -> None:
         "zones": ["valley"],
         "frames_seen": 3,
         "snapshot": None,
+        "track_id": None,  # issue 14: a tracker fed without a tracking stage is per label (no track id)
+        "labels": {"smoke": 3},
+        "clip": None,
     }
     (end,) = feed.tracker.close()
     payload = json.loads(end.to_json())
@@ -492,8 +500,7 @@ class FakeMqtt:
         return True
 
     def set_retained(self, topic: str, payload: bytes | str | None) -> None:
-        assert payload is not None
-        self.sent.append((topic, payload, True))
+        self.sent.append((topic, b"" if payload is None else payload, True))  # None: cleared (empty)
 
 
 def test_stage_publishes_through_topics_and_counts_in_metrics(tmp_path: Path) -> None:
@@ -505,8 +512,9 @@ def test_stage_publishes_through_topics_and_counts_in_metrics(tmp_path: Path) ->
     assert stage is not None and sorted(stage.trackers) == ["gone", "ridge"]
     stage.on_frame(Detections("ridge", 0, 0, T0, W, H, "m", (det(), det("a/b"))), noise(1))
     topics = [(t, retain) for t, _, retain in mqtt.sent]
-    assert topics == [  # label 'a/b' (first: labels go in order) cannot be a topic level: no active topic
+    assert topics == [  # label 'a/b' (first: labels go in order) becomes a safe level (issue 10 item 12)
         ("site/edgedet/n1/ridge/events", False), ("site/edgedet/n1/ridge/snapshot", True),
+        ("site/edgedet/n1/ridge/a_b_07f4401c/active", True),
         ("site/edgedet/n1/ridge/events", False), ("site/edgedet/n1/ridge/snapshot", True),
         ("site/edgedet/n1/ridge/smoke/active", True),
     ]
@@ -517,6 +525,126 @@ def test_stage_publishes_through_topics_and_counts_in_metrics(tmp_path: Path) ->
     stage.reconfigure(cfg.events, {"ridge": cfg.cameras["ridge"]}, cfg.state_dir)  # camera 'gone' removed
     assert sorted(stage.trackers) == ["ridge"] and mqtt.sent == []
     stage.close()
-    assert [(t, p) for t, p, _ in mqtt.sent if t.endswith("/active")] == [("site/edgedet/n1/ridge/smoke/active", "OFF")]
+    assert [(t, p) for t, p, _ in mqtt.sent if t.endswith("/active")] == [
+        ("site/edgedet/n1/ridge/a_b_07f4401c/active", "OFF"), ("site/edgedet/n1/ridge/smoke/active", "OFF")]
     off = parse_config("cameras: {c: {url: 0}}\nmodel: {path: m}\nevents: {enabled: false}\n", check_files=False)
     assert EventStage.from_config(off.events, off.cameras, tmp_path, mqtt, Topics("e", "n"), metrics) is None
+
+
+# --------------------------------------------------------------------------- issue 10 item 12: snapshots after changes
+
+
+def events_cfg(tmp_path: Path, snapshots: str, enabled: bool = True) -> Any:
+    return parse_config(
+        f"cameras: {{ridge: {{url: 0}}, gone: {{url: 1}}}}\nmodel: {{path: m}}\nstate_dir: {tmp_path}\n"
+        f"events: {{enabled: {str(enabled).lower()}, default: {{confirm_frames: 1, window_frames: 1, "
+        f"clear_after_s: 0.001}}, snapshots: {snapshots}}}\n", check_files=False)
+
+
+def feed_events(stage: EventStage, camera: str, first_seq: int, count: int) -> None:
+    """``count`` frames, each a new event (every frame's better box gives a snapshot)."""
+    for i in range(count):
+        stage.on_frame(Detections(camera, first_seq + i, 0, T0, W, H, "m", (det(score=0.5 + i / 100),)),
+                       noise(first_seq + i))
+        stage.close()  # end it: the next frame starts a new event
+
+
+def test_reload_keeps_one_snapshot_store_and_applies_new_limits_and_disable(tmp_path: Path) -> None:
+    cfg = events_cfg(tmp_path, "{keep: 6}")
+    mqtt, metrics = FakeMqtt(), Metrics(CollectorRegistry())
+    stage = EventStage.from_config(cfg.events, cfg.cameras, cfg.state_dir, mqtt, Topics("e", "n"), metrics)
+    assert stage is not None and stage.store is not None
+    store = stage.store
+    feed_events(stage, "ridge", 0, 4)
+    feed_events(stage, "gone", 0, 4)
+    assert len(store.files()) == 6  # one limit across cameras
+    for _ in range(3):  # before: every reload built a new store with its own limits
+        stage.reconfigure(events_cfg(tmp_path, "{keep: 3}").events, cfg.cameras, cfg.state_dir)
+        assert stage.store is store
+    assert len(store.files()) == 3 and len(list((tmp_path / "snapshots").glob("*/*.jpg"))) == 3
+    stage.reconfigure(events_cfg(tmp_path, "{enabled: false}").events, cfg.cameras, cfg.state_dir)
+    before = sorted((tmp_path / "snapshots").glob("*/*.jpg"))
+    mqtt.sent.clear()
+    feed_events(stage, "ridge", 100, 2)
+    assert sorted((tmp_path / "snapshots").glob("*/*.jpg")) == before  # disabled on the running cameras
+    assert not any(t.endswith("/snapshot") for t, _, _ in mqtt.sent)
+    stage.on_frame(Detections("ridge", 200, 0, T0, W, H, "m", (det(),)), noise(3))  # an active event...
+    stage.reconfigure(events_cfg(tmp_path, "{}", enabled=False).events, cfg.cameras, cfg.state_dir)
+    assert stage.trackers == {}  # ...ends with events.enabled: false, and no camera has events any more
+    assert [json.loads(p)["type"] for t, p, _ in mqtt.sent if t.endswith("/events")][-1] == "end"
+    mqtt.sent.clear()
+    feed_events(stage, "ridge", 300, 2)
+    assert mqtt.sent == []
+
+
+def test_forget_camera_ends_its_events_and_clears_its_active_topics(tmp_path: Path) -> None:
+    cfg = events_cfg(tmp_path, "{enabled: false}")
+    mqtt = FakeMqtt()
+    stage = EventStage.from_config(cfg.events, cfg.cameras, cfg.state_dir, mqtt, Topics("e", "n"),
+                                   Metrics(CollectorRegistry()))
+    assert stage is not None
+    stage.on_frame(Detections("gone", 0, 0, T0, W, H, "m", (det("person/car"),)), None)
+    mqtt.sent.clear()
+    stage.forget_camera("gone")
+    assert [(t, p) for t, p, _ in mqtt.sent if t.endswith("/active")] == [
+        ("e/n/gone/person_car_" + f"{zlib.crc32(b'person/car'):08x}/active", "OFF"),
+        ("e/n/gone/person_car_" + f"{zlib.crc32(b'person/car'):08x}/active", b""),
+    ]
+    assert sorted(stage.trackers) == ["ridge"]
+
+
+@pytest.fixture
+def tmpfs(tmp_path: Path) -> Iterator[Path]:
+    """A 512 KiB tmpfs (root only: CI runs as root); unmounted in teardown."""
+    if os.geteuid() != 0:
+        pytest.skip("mounting a tmpfs needs root (CI runs the suite as root)")
+    mnt = tmp_path / "tmpfs"
+    mnt.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=512k", "tmpfs", str(mnt)], check=True)
+    try:
+        yield mnt
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)], check=False)
+
+
+def snapshot_logs(caplog: pytest.LogCaptureFixture) -> list[tuple[int, str]]:
+    return [(r.levelno, r.getMessage()) for r in caplog.records if r.name == "edgedet.events.snapshots"]
+
+
+def test_full_disk_leaves_no_tmp_file_and_snapshots_resume(tmpfs: Path, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="edgedet.events.snapshots")
+    store = SnapshotStore(tmpfs / "snapshots", keep=100, max_mb=100)
+    filler = tmpfs / "filler"
+    subprocess.run(["dd", "if=/dev/zero", f"of={filler}", "bs=4k"], capture_output=True, check=False)  # ENOSPC
+    image = noise(1, 480, 640)  # a JPEG of ~100+ KiB: it cannot fit
+    results = [store.save("ridge", f"ev{i}", 1, image, det(box=(0, 0, 600, 400))) for i in range(3)]
+    assert [path for path, _ in results] == [None, None, None]
+    assert all(jpeg.startswith(b"\xff\xd8") for _, jpeg in results)  # still there to publish over MQTT
+    assert sorted(p.name for p in tmpfs.rglob("*") if p.is_file()) == ["filler"]  # no .tmp left behind
+    filler.unlink()
+    path, _ = store.save("ridge", "ev9", 1, image, det(box=(0, 0, 600, 400)))
+    assert path is not None and Path(path).is_file() and store.files() == [Path(path)]
+    logs = snapshot_logs(caplog)
+    assert [level for level, _ in logs] == [logging.WARNING, logging.INFO]  # once per state change
+    assert "No space left on device" in logs[0][1]
+
+
+def test_read_only_state_dir_keeps_publishing_and_resumes(tmpfs: Path, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="edgedet.events.snapshots")
+    subprocess.run(["mount", "-o", "remount,ro", str(tmpfs)], check=True)
+    cfg = parse_config(f"cameras: {{ridge: {{url: 0}}}}\nmodel: {{path: m}}\nstate_dir: {tmpfs}\n"
+                       "events: {default: {confirm_frames: 1, window_frames: 1}}\n", check_files=False)
+    mqtt = FakeMqtt()
+    stage = EventStage.from_config(cfg.events, cfg.cameras, cfg.state_dir, mqtt, Topics("e", "n"),
+                                   Metrics(CollectorRegistry()))  # start-up on a read-only state dir
+    assert stage is not None
+    feed_events(stage, "ridge", 0, 3)
+    snaps = [p for t, p, _ in mqtt.sent if t.endswith("/snapshot")]
+    assert len(snaps) == 3 and all(isinstance(p, bytes) and p.startswith(b"\xff\xd8") for p in snaps)
+    assert [json.loads(p)["snapshot"] for t, p, _ in mqtt.sent if t.endswith("/events")][:1] == [None]
+    subprocess.run(["mount", "-o", "remount,rw", str(tmpfs)], check=True)
+    feed_events(stage, "ridge", 10, 1)
+    assert len(list((tmpfs / "snapshots" / "ridge").glob("*.jpg"))) == 1
+    logs = snapshot_logs(caplog)
+    assert [level for level, _ in logs] == [logging.WARNING, logging.INFO]
+    assert "Read-only file system" in logs[0][1]

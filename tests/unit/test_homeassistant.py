@@ -223,7 +223,9 @@ def test_entities_of_one_camera() -> None:
         "homeassistant/sensor/dock_gate/fps/config",
         "homeassistant/sensor/dock_gate/latency_p50/config",
         "homeassistant/sensor/dock_gate/latency_p95/config",
+        "homeassistant/sensor/dock_gate/profile/config",
     ]
+    assert by_topic["homeassistant/sensor/dock_gate/profile/config"]["state_topic"] == "edgedet/dock/gate/profile"
     label = by_topic["homeassistant/binary_sensor/dock_gate_normal/active/config"]
     assert {k: label[k] for k in ("state_topic", "payload_on", "payload_off", "unique_id", "default_entity_id")} == {
         "state_topic": "edgedet/dock/gate/Normal/active", "payload_on": "ON", "payload_off": "OFF",
@@ -262,7 +264,7 @@ def test_value_templates_render_the_stats_message() -> None:
     jinja2 = pytest.importorskip("jinja2")
     stats = stats_payload(50, 10.0, [0.1, 0.2, 0.3])
     rendered = {c.topic.split("/")[-2]: jinja2.Template(c.config["value_template"]).render(value_json=stats)
-                for c in configs() if c.component == "sensor"}
+                for c in configs() if c.component == "sensor" and "value_template" in c.config}
     assert rendered == {"fps": "5.0", "latency_p50": "200.0", "latency_p95": "300.0"}
     empty = stats_payload(0, 10.0, [])
     none = jinja2.Template("{{ value_json.latency_ms_p50 }}").render(value_json=empty)
@@ -273,10 +275,15 @@ def test_events_off_leaves_out_the_label_sensors() -> None:
     assert all("/active/" not in c.topic for c in configs(events=False))
 
 
-def test_labels_that_cannot_be_a_topic_level_are_skipped(caplog: pytest.LogCaptureFixture) -> None:
+def test_labels_that_cannot_be_a_topic_level_get_a_safe_one() -> None:
+    """Issue 10 item 12: '/', '+', '#' labels get the same safe level as the events stage uses (before:
+    skipped, with no entity)."""
     out = configs(labels=["ok", "a/b", "c+d", ""])
-    assert [c.config["state_topic"] for c in out if "/active/" in c.topic] == ["edgedet/dock/gate/ok/active"]
-    assert "cannot be an MQTT topic level" in caplog.text
+    states = [c.config["state_topic"] for c in out if "/active/" in c.topic]
+    topics = Topics("edgedet", "dock")
+    assert states == [topics.active("gate", label) for label in ["ok", "a/b", "c+d", ""]]
+    assert states[:2] == ["edgedet/dock/gate/ok/active", "edgedet/dock/gate/a_b_07f4401c/active"]
+    assert all(not any(c in s.split("/")[3] for c in "/+#") for s in states)
 
 
 def test_clashing_names_keep_the_first_entity(caplog: pytest.LogCaptureFixture) -> None:
@@ -458,7 +465,7 @@ def test_configure_follows_reloads(tmp_path: Path) -> None:
     configure(ha, one, ["gate"], ("Normal", "Fall"))
     first = pub.take()
     configs_sent = {t: json.loads(p) for t, p in first if t.endswith("/config") and p is not None}
-    assert len(configs_sent) == 6 and all(c["device"]["sw_version"] == "1.2.3" for c in configs_sent.values())
+    assert len(configs_sent) == 7 and all(c["device"]["sw_version"] == "1.2.3" for c in configs_sent.values())
     states = [(t, p) for t, p in first if not t.endswith("/config")]
     assert states == [("edgedet/dock/gate/Normal/active", "OFF"), ("edgedet/dock/gate/Fall/active", "OFF")]
 
@@ -469,7 +476,7 @@ def test_configure_follows_reloads(tmp_path: Path) -> None:
     configure(ha, two, ["gate", "yard"])
     sent = pub.take()
     assert all("/dock_yard" in t or t.startswith("edgedet/dock/yard/") for t, _ in sent)
-    assert ("edgedet/dock/yard/Fall/active", "OFF") in sent and len(sent) == 8
+    assert ("edgedet/dock/yard/Fall/active", "OFF") in sent and len(sent) == 9
 
     configure(ha, make_config(tmp_path, ON, cameras=("yard",)), ["yard"])  # gate removed
     sent = pub.take()
@@ -483,15 +490,15 @@ def test_configure_follows_reloads(tmp_path: Path) -> None:
     sent = pub.take()
     cleared = [t for t, p in sent if p is None]
     published = [t for t, p in sent if p is not None]
-    assert len(cleared) == 6 and all(t.startswith("homeassistant/") for t in cleared)
+    assert len(cleared) == 7 and all(t.startswith("homeassistant/") for t in cleared)
     assert sorted(published) == [
         "ha/binary_sensor/dock_yard/status/config", "ha/binary_sensor/dock_yard_fall/active/config",
         "ha/sensor/dock_yard/fps/config", "ha/sensor/dock_yard/latency_p50/config",
-        "ha/sensor/dock_yard/latency_p95/config",
+        "ha/sensor/dock_yard/latency_p95/config", "ha/sensor/dock_yard/profile/config",
     ]
 
     configure(ha, make_config(tmp_path, cameras=("yard",)), ["yard"])  # discovery switched off
     sent = pub.take()
-    assert {p for _, p in sent} == {None} and len(sent) == 6  # 5 configs + the stats topic
+    assert {p for _, p in sent} == {None} and len(sent) == 7  # 6 configs + the stats topic
     assert not any(t.endswith("/config") for t in pub.retained)
     assert ha.stats.cameras == []

@@ -11,7 +11,7 @@ import pytest
 from prometheus_client import CollectorRegistry
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
-from edgedet.errors import ConfigError, EdgedetError
+from edgedet.errors import EdgedetError, EnvironmentFault
 from edgedet.metrics import Metrics, serve, stop_server
 
 
@@ -157,15 +157,15 @@ def test_unknown_path_is_404_and_not_logged_to_stderr(
     assert any("GET /nope" in r.getMessage() and r.levelno == logging.DEBUG for r in caplog.records)
 
 
-def test_port_in_use_is_config_error(registry: CollectorRegistry) -> None:
+def test_port_in_use_is_an_environment_fault_that_systemd_restarts(registry: CollectorRegistry) -> None:
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen(1)
         port = taken.getsockname()[1]
-        with pytest.raises(ConfigError) as info:
+        with pytest.raises(EnvironmentFault) as info:
             serve(registry, "127.0.0.1", port, lambda: (True, {}))
     assert str(info.value) == f"metrics.port: 127.0.0.1:{port} is already in use"
-    assert isinstance(info.value, EdgedetError) and info.value.exit_code == 2
+    assert isinstance(info.value, EdgedetError) and info.value.exit_code == 75
 
 
 def test_stop_server_is_prompt(registry: CollectorRegistry) -> None:

@@ -226,11 +226,17 @@ def test_state_dir_that_cannot_be_created_is_a_config_error(tmp_path: Path, metr
 
 
 @pytest.mark.skipif(os.geteuid() == 0, reason="root may write anywhere")
-def test_read_only_state_dir_is_a_config_error(tmp_path: Path, metrics: Metrics) -> None:
+def test_read_only_state_dir_degrades_to_memory(tmp_path: Path, metrics: Metrics) -> None:
+    # Issue 10 item 2 changed this from a ConfigError (exit 2): the daemon keeps running.
     state = tmp_path / "ro"
     state.mkdir(mode=0o555)
-    with pytest.raises(ConfigError, match=r"^state_dir: .* is not writable \(needed for the MQTT outbox\)$"):
-        open_outbox(state, OutboxConfig(), metrics)
+    box = open_outbox(state, OutboxConfig(), metrics)
+    assert box is not None
+    with box:
+        assert box.degraded and box.state()["store"] == "memory"
+        box.add("t", b"x", 1)
+        assert len(box) == 1
+    assert sample(metrics, "edgedet_outbox_degraded") == 1.0
 
 
 def test_open_outbox_uses_the_state_dir_and_honours_enabled(tmp_path: Path, metrics: Metrics) -> None:

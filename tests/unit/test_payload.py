@@ -7,7 +7,9 @@ import math
 from pathlib import Path
 from typing import Any
 
+import cv2
 import jsonschema
+import numpy as np
 import pytest
 from prometheus_client import CollectorRegistry
 
@@ -15,7 +17,7 @@ from edgedet.config import MqttConfig, TlsConfig
 from edgedet.errors import ConfigError
 from edgedet.metrics import Metrics
 from edgedet.outputs.client import MqttPublisher
-from edgedet.outputs.payload import to_payload
+from edgedet.outputs.payload import fit_jpeg, to_payload
 from edgedet.outputs.topics import Topics
 from edgedet.schemas import load_schema
 from edgedet.types import Detection, Detections
@@ -79,7 +81,8 @@ def test_payload_exact_values(validator: jsonschema.Draft202012Validator) -> Non
         "width": 1920,
         "height": 1080,
         "model": "yolov8n",
-        "detections": [{"label": "person", "class_id": 0, "score": 0.8765, "box": [10.0, 20.1, 30.0, 40.9]}],
+        "detections": [{"label": "person", "class_id": 0, "score": 0.8765, "box": [10.0, 20.1, 30.0, 40.9],
+                        "track_id": None}],  # issue 14: null until the tracker matched it
         "latency_ms": {"capture_to_publish": 12.35, "preprocess": 1.23, "inference": 15.68,
                        "postprocess": 0.5, "queue_wait": 2.0},
     }
@@ -242,3 +245,22 @@ def test_stop_without_start_is_harmless() -> None:
     pub.stop()
     pub.stop()
     assert not pub.connected
+
+
+# --------------------------------------------------------------------------- fit_jpeg (mqtt.max_payload_bytes)
+
+
+@pytest.mark.parametrize("limit", [200_000, 30_000, 5_000])
+def test_fit_jpeg_reencodes_a_snapshot_under_the_limit(limit: int) -> None:
+    noisy = np.random.default_rng(0).integers(0, 255, (720, 1280, 3), dtype=np.uint8)
+    jpeg = cv2.imencode(".jpg", noisy, [cv2.IMWRITE_JPEG_QUALITY, 85])[1].tobytes()
+    out = fit_jpeg(jpeg, limit)
+    assert out is not None and len(out) <= limit
+    image = cv2.imdecode(np.frombuffer(out, np.uint8), cv2.IMREAD_COLOR)
+    assert image is not None and image.shape[1] / image.shape[0] == pytest.approx(1280 / 720, rel=0.02)
+
+
+def test_fit_jpeg_gives_up_on_what_cannot_fit_or_decode() -> None:
+    assert fit_jpeg(b"not a jpeg", 10_000) is None
+    noisy = np.random.default_rng(0).integers(0, 255, (720, 1280, 3), dtype=np.uint8)
+    assert fit_jpeg(cv2.imencode(".jpg", noisy)[1].tobytes(), 500) is None  # 160 px of noise is > 500 B

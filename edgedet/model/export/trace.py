@@ -48,6 +48,8 @@ class ExportReport:
     backend_box_diff_px: float | None = None  # onnx/openvino runtime vs the eager (fused) module
     backend_score_diff: float | None = None
     backend_runtime: str | None = None
+    precision: str = "fp32"
+    extra_lines: tuple[str, ...] = ()
 
     def lines(self) -> list[str]:
         backend: list[str] = []
@@ -60,12 +62,12 @@ class ExportReport:
             ]
         return [
             f"exported {self.path} (input {'x'.join(map(str, self.input_shape))}, "
-            f"{'fp16' if self.half else 'fp32'}, {len(self.names)} classes)",
+            f"{'fp16' if self.half else self.precision}, {len(self.names)} classes)",
             f"traced vs eager (fused) max abs diff: {self.trace_max_abs_diff:.3g}",
             f"traced vs unfused checkpoint: boxes {self.unfused_box_diff_px:.3g} px, "
             f"scores {self.unfused_score_diff:.3g} "
             + ("(fp16 vs fp32 rounding)" if self.half else "(expected float rounding from folding conv+bn)"),
-        ] + backend
+        ] + backend + list(self.extra_lines)
 
 
 def sha256_file(path: Path) -> str:
@@ -148,6 +150,54 @@ def _real_image(ultra_module: Any, check_image: Path | None) -> np.ndarray | Non
     return None
 
 
+@dataclass(frozen=True, slots=True)
+class ReducedOptions:
+    """``--calib`` / ``--val`` / ``--min-f1`` / ``--force`` for a bf16 or int8 export."""
+
+    calib: str | None = None
+    val: str | None = None
+    calib_frames: int = 300
+    val_frames: int = 60
+    min_f1: float = 0.95
+    force: bool = False
+    stream_seconds: float = 60.0
+
+
+def _export_reduced(fmt: str, precision: str, weights: Path, output: Path | None, eager: Any, traced: Any,
+                    inputs: list[Any], metadata: dict[str, Any], names: dict[int, str], opts: ReducedOptions,
+                    ultra_module: Any, check_image: Path | None, fp32: ExportReport) -> ExportReport:
+    import cv2
+
+    from edgedet.model.export.calibration import gather
+    from edgedet.model.export.convert import default_output
+    from edgedet.model.export.reduced import export_reduced
+
+    if precision == "int8" and opts.calib is None:
+        raise InputError("--precision int8 needs --calib: a folder of images, a video or a stream URL "
+                         "from your cameras")
+    if not 0 < opts.min_f1 <= 1:
+        raise InputError(f"--min-f1: expected a value in (0, 1] (got {opts.min_f1:g})")
+    fallback = []
+    if opts.calib is None and opts.val is None:
+        assets = Path(ultra_module.__file__).parent / "assets"
+        paths = [check_image] if check_image else []
+        paths += [assets / "bus.jpg", assets / "zidane.jpg"]
+        fallback = [im for p in paths if p is not None and p.is_file() for im in [cv2.imread(str(p))] if im is not None]
+        log.warning("no --val or --calib frames: the accuracy guard checks %d sample image(s) only; "
+                    "give --val with frames from your cameras", len(fallback))
+    h, w = metadata["imgsz"]
+    frames = gather((h, w), opts.calib, opts.val, opts.calib_frames, opts.val_frames, fallback, opts.stream_seconds)
+    if fmt == "torchscript":
+        output = Path(output) if output else weights.with_suffix(".torchscript")
+    else:
+        output = Path(output) if output else default_output(weights, fmt)
+    result = export_reduced(fmt, precision, eager, traced, inputs, metadata, output, frames,
+                            [names[i] for i in sorted(names)], opts.min_f1, opts.force)
+    import dataclasses
+
+    return dataclasses.replace(fp32, path=output, precision=precision, extra_lines=tuple(result.lines()))
+
+
 def export(
     weights: Path,
     output: Path | None = None,
@@ -156,6 +206,8 @@ def export(
     device: str = "cpu",
     check_image: Path | None = None,
     format: str = "torchscript",
+    precision: str | None = None,
+    reduced: ReducedOptions | None = None,
 ) -> ExportReport:
     """Trace ``weights`` and write a TorchScript file atomically (``format="onnx"|"openvino"``: the
     same fused module and metadata as ONNX / OpenVINO IR, see ``edgedet.model.export.convert``).
@@ -163,6 +215,11 @@ def export(
     weights = Path(weights)
     if format not in ("torchscript", "onnx", "openvino"):
         raise InputError(f"--format: expected torchscript, onnx or openvino (got {format!r})")
+    precision = precision or ("fp16" if half else "fp32")
+    from edgedet.model.export.precision import check_combination
+
+    check_combination(format, precision, device)
+    half = precision == "fp16"
     if half and format != "torchscript":
         raise InputError(f"--half: {format} exports are fp32 (fp16 is for TorchScript on CUDA)")
     if not weights.is_file():
@@ -264,8 +321,15 @@ def export(
             "input_shape": [1, 3, h, w],
             "trace_max_abs_diff": trace_diff,
             "format": format,
+            "precision": precision,
         },
     }
+    if precision in ("bf16", "int8"):
+        return _export_reduced(format, precision, weights, output, eager, traced, inputs, metadata, names,
+                               reduced or ReducedOptions(), ultralytics, check_image,
+                               ExportReport(path=Path(), input_shape=(1, 3, h, w), trace_max_abs_diff=trace_diff,
+                                            unfused_box_diff_px=box_diff, unfused_score_diff=score_diff, half=False,
+                                            names=names, format=format))
     if format != "torchscript":
         from edgedet.model.export.convert import default_output, export_backend
 
