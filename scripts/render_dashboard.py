@@ -4,7 +4,7 @@
 For the README screenshot and for checking the dashboard without a Grafana server. The panel
 queries, legends, units and layout are read from ``config/grafana/edgedet-dashboard.json``, so
 the picture shows what the dashboard would show. Grafana variables are filled in like Grafana
-does: ``$camera``/``$instance``/``$job`` from the options (regexes, default ``.*``),
+does: ``$camera``/``$instance``/``$job``/``$node`` from the options (regexes, default ``.*``),
 ``$__rate_interval`` as max(step + scrape interval, 4 x scrape interval).
 
     .venv/bin/python scripts/render_dashboard.py --prometheus http://127.0.0.1:9090 \\
@@ -275,6 +275,7 @@ def main(argv: list[str] | None = None) -> int:
                     help="Prometheus scrape interval, for $__rate_interval (default 15s)")
     ap.add_argument("--camera", default=".*", help="regex for $camera (default .*)")
     ap.add_argument("--instance", default=".*", help="regex for $instance (default .*)")
+    ap.add_argument("--node", default=".*", help="regex for $node (default .*)")
     ap.add_argument("--job", default=".*", help="regex for $job (default .*)")
     ap.add_argument("--out", type=Path, default=REPO / "docs" / "dashboard.png")
     ap.add_argument("--dpi", type=int, default=80)
@@ -289,7 +290,7 @@ def main(argv: list[str] | None = None) -> int:
     step = args.step or max(1.0, (end - start) / 240)
     rate_interval = max(step + args.scrape_interval, 4 * args.scrape_interval)
     variables = {
-        "camera": args.camera, "instance": args.instance, "job": args.job,
+        "camera": args.camera, "instance": args.instance, "job": args.job, "node": args.node,
         "__rate_interval": prom_duration(rate_interval), "__interval": prom_duration(step),
         "__range": prom_duration(end - start),
     }

@@ -48,7 +48,8 @@ def test_one_new_end_pair_per_appearance(tmp_path: Path, assets, start_daemon):
 
 def test_tracked_objects_one_event_and_one_track_per_appearance_with_clips(tmp_path: Path, assets, start_daemon):
     """Issue 14: with the tracker (the default) each appearance is one object: one track id, one
-    new/end pair whatever the Normal/Fall flicker, and an MP4 clip from pre- to post-capture."""
+    new/end pair whatever the Normal/Fall flicker, confirmed by the tube rules (a person standing
+    persists with a stable box), and an MP4 clip from pre- to post-capture."""
     import cv2
 
     proc, sub, _ = start_daemon(
@@ -56,7 +57,8 @@ def test_tracked_objects_one_event_and_one_track_per_appearance_with_clips(tmp_p
         events={
             "default": {"confirm_frames": 3, "window_frames": 5, "min_score": 0.3, "clear_after_s": 1.5,
                         "update_interval_s": 1},
-            "clips": {"enabled": True, "pre_capture_s": 1.0, "post_capture_s": 1.0},
+            "labels": {"Normal": {"confirm": "tube"}},  # the real model through the tube rules: a person
+            "clips": {"enabled": True, "pre_capture_s": 1.0, "post_capture_s": 1.0},  # standing is a tube
         },
     )
     assert proc.wait(timeout=180) == 0, proc.output()

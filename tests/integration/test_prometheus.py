@@ -267,7 +267,8 @@ def prometheus_config(metrics_port: int, alerts: Path) -> dict[str, Any]:
     cfg["rule_files"] = [str(alerts)]
     (job,) = [j for j in cfg["scrape_configs"] if j["job_name"] == JOB]
     job.update(scrape_interval="1s", scrape_timeout="1s")
-    job["static_configs"] = [{"targets": [f"127.0.0.1:{metrics_port}"]}]
+    labels = job["static_configs"][0].get("labels", {})  # the node label the dashboard's $node reads
+    job["static_configs"] = [{"targets": [f"127.0.0.1:{metrics_port}"], "labels": labels}]
     return cfg
 
 

@@ -108,3 +108,22 @@ def test_clip_thread_finishes_a_clip_when_frames_stop(tmp_path: Path) -> None:
     finally:
         stop.set()
         rec.close()
+
+
+def test_clips_share_the_snapshot_retention_oldest_first(tmp_path: Path) -> None:
+    """A written clip is adopted by the snapshot store: keep/max_mb cover clips and snapshots together."""
+    from edgedet.events.snapshots import SnapshotStore
+
+    store = SnapshotStore(tmp_path, keep=3, max_mb=50)
+    frames = [(float(i), cv2.imencode(".jpg", image(i))[1].tobytes()) for i in range(6)]
+    paths = []
+    for n in range(5):
+        path = tmp_path / "cam" / f"ev{n}.mp4"
+        path.parent.mkdir(exist_ok=True)
+        write_mp4(path, frames, 5.0)
+        store.adopt(path)
+        paths.append(path)
+    assert [p.name for p in store.files()] == ["ev2.mp4", "ev3.mp4", "ev4.mp4"]
+    assert [p.exists() for p in paths] == [False, False, True, True, True]
+    again = SnapshotStore(tmp_path, keep=2, max_mb=50)  # a restart scans clips too, oldest pruned
+    assert [p.name for p in again.files()] == ["ev3.mp4", "ev4.mp4"]
