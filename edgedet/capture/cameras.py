@@ -101,6 +101,7 @@ class CameraSet:
             motion=motion_settings(cam, self.tube_labels),
             on_state=self.on_state,
             max_block_s=max(OPEN_TIMEOUT_S, MAX_READ_TIMEOUT_S),
+            backoff_max=cam.reconnect_max_s,
         )
         self._running[name] = _Running(cam, queue, stop, thread)
         thread.start()

@@ -178,6 +178,8 @@ class CameraConfig(Section):
     loop: bool = False
     realtime: bool = True
     stall_timeout_s: float = field(default=10.0, metadata=meta(check=positive))
+    # Longest wait between reconnect attempts (full-jitter exponential backoff from 1 s).
+    reconnect_max_s: float = field(default=30.0, metadata=meta(check=at_least(1)))
     # Report (metric + log) a camera whose image has not changed for this long; null disables.
     frozen_after_s: float | None = field(default=60.0, metadata=meta(check=positive))
     queue_size: int = field(default=1, metadata=meta(check=between(1, 16)))
