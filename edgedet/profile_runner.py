@@ -18,7 +18,7 @@ The active profile is published as ``edgedet_profile_active{camera,profile}`` (1
 ``base`` for the camera's own settings), the retained topic ``<prefix>/<node>/<camera>/profile`` (a
 Home Assistant sensor with discovery on) and ``profile`` in ``/api/v1/cameras``.
 
-While an event of a motion-mode camera is in progress, its floor tightens to a third of the
+While an event of a motion-mode camera is in progress, its floor tightens to half of the
 shortest ``clear_after_s`` of the active labels, or of the camera's ``tracking.max_age_s`` if shorter
 (``MotionGate.hold_interval_s``): an object that stops moving keeps being inferred often enough that
 neither its event nor its track ends for want of frames.
@@ -45,7 +45,7 @@ from edgedet.results import ResultSink
 log = logging.getLogger("edgedet.app")
 
 BASE = "base"  # the camera's own settings (no profile matches)
-HOLD_SHARE = 1 / 3  # of clear_after_s: the floor while an event is in progress
+HOLD_SHARE = 1 / 2  # of clear_after_s: the floor while an event is in progress (two chances before it ends)
 
 
 class RetainedPublisher(Protocol):
