@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from edgedet.boxes import greedy_match, iou_matrix
 from edgedet.config import CameraConfig, TrackingConfig
 from edgedet.types import Detection, Detections
 
@@ -97,41 +98,6 @@ class TrackedFrame:
 
 def _cxcywh(b: np.ndarray) -> np.ndarray:
     return np.array([(b[0] + b[2]) / 2, (b[1] + b[3]) / 2, b[2] - b[0], b[3] - b[1]])
-
-
-def iou_matrix(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """IoU of every box in ``a`` (n, 4) with every box in ``b`` (m, 4), xyxy."""
-    if len(a) == 0 or len(b) == 0:
-        return np.zeros((len(a), len(b)))
-    x1 = np.maximum(a[:, None, 0], b[None, :, 0])
-    y1 = np.maximum(a[:, None, 1], b[None, :, 1])
-    x2 = np.minimum(a[:, None, 2], b[None, :, 2])
-    y2 = np.minimum(a[:, None, 3], b[None, :, 3])
-    inter = np.clip(x2 - x1, 0, None) * np.clip(y2 - y1, 0, None)
-    area_a = (a[:, 2] - a[:, 0]) * (a[:, 3] - a[:, 1])
-    area_b = (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])
-    union = area_a[:, None] + area_b[None, :] - inter
-    return np.where(union > 0, inter / np.maximum(union, 1e-9), 0.0)
-
-
-def greedy_match(iou: np.ndarray, threshold: float) -> list[tuple[int, int]]:
-    """(row, col) pairs, highest IoU first, each row and column at most once, IoU >= threshold."""
-    pairs: list[tuple[int, int]] = []
-    if iou.size == 0:
-        return pairs
-    order = np.argsort(-iou, axis=None)
-    used_r: set[int] = set()
-    used_c: set[int] = set()
-    for flat in order:
-        r, c = divmod(int(flat), iou.shape[1])
-        if iou[r, c] < threshold:
-            break
-        if r in used_r or c in used_c:
-            continue
-        pairs.append((r, c))
-        used_r.add(r)
-        used_c.add(c)
-    return pairs
 
 
 class Tracker:

@@ -10,10 +10,11 @@ import cv2
 import numpy as np
 import pytest
 
+from edgedet.boxes import iou_matrix
 from edgedet.errors import InputError
 from edgedet.model.base import ModelInfo, cpu_bf16
 from edgedet.model.export.calibration import even_indices, gather, read_frames, split_held_out
-from edgedet.model.export.guard import AccuracyGuardError, agreement, check, iou_matrix, match
+from edgedet.model.export.guard import AccuracyGuardError, agreement, check, match
 from edgedet.model.export.precision import check_combination, head_patterns
 from edgedet.types import Detection
 

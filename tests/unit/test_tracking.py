@@ -6,7 +6,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from edgedet.tracking import Tracker, TrackerSettings, greedy_match, iou_matrix
+from edgedet.boxes import greedy_match, iou_matrix
+from edgedet.tracking import Tracker, TrackerSettings
 from edgedet.types import Detection
 
 

@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 
+from edgedet.boxes import greedy_match, iou_matrix
 from edgedet.errors import ModelError
 from edgedet.postprocess import decode
 from edgedet.preprocess import Letterbox
@@ -52,19 +53,6 @@ class Agreement:
                 f"score {self.worst_score:.3f}")
 
 
-def iou_matrix(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """IoU of every box in ``a`` (N x 4 xyxy) with every box in ``b`` (M x 4)."""
-    if len(a) == 0 or len(b) == 0:
-        return np.zeros((len(a), len(b)), dtype=np.float64)
-    tl = np.maximum(a[:, None, :2], b[None, :, :2])
-    br = np.minimum(a[:, None, 2:], b[None, :, 2:])
-    inter = np.clip(br - tl, 0, None).prod(axis=2)
-    area_a = np.clip(a[:, 2:] - a[:, :2], 0, None).prod(axis=1)
-    area_b = np.clip(b[:, 2:] - b[:, :2], 0, None).prod(axis=1)
-    union = area_a[:, None] + area_b[None, :] - inter
-    return np.where(union > 0, inter / np.where(union > 0, union, 1), 0.0)
-
-
 def match(ref: Sequence[Detection], got: Sequence[Detection], iou: float = MATCH_IOU) -> list[tuple[int, int]]:
     """One-to-one pairs (ref index, got index) of the same class with IoU >= ``iou``, best IoU first."""
     if not ref or not got:
@@ -72,20 +60,7 @@ def match(ref: Sequence[Detection], got: Sequence[Detection], iou: float = MATCH
     ious = iou_matrix(np.asarray([d.xyxy for d in ref], dtype=np.float64),
                       np.asarray([d.xyxy for d in got], dtype=np.float64))
     same = np.asarray([[r.class_id == g.class_id for g in got] for r in ref])
-    ious = np.where(same, ious, 0.0)
-    pairs: list[tuple[int, int]] = []
-    used_r: set[int] = set()
-    used_g: set[int] = set()
-    for flat in np.argsort(-ious, axis=None, kind="stable"):
-        i, j = divmod(int(flat), len(got))
-        if ious[i, j] < iou:
-            break
-        if i in used_r or j in used_g:
-            continue
-        pairs.append((i, j))
-        used_r.add(i)
-        used_g.add(j)
-    return pairs
+    return greedy_match(np.where(same, ious, 0.0), iou)
 
 
 def agreement(refs: Sequence[Sequence[Detection]], gots: Sequence[Sequence[Detection]],
