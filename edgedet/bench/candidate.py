@@ -10,7 +10,7 @@ import threading
 import time
 from typing import Any
 
-from edgedet.bench.measure import read_frame
+from edgedet.bench.measure import read_frame, timed_forwards
 from edgedet.bench.pipeline import measure_file
 from edgedet.bench.spawn import BenchError, CandidateSpec
 from edgedet.model import load_detector
@@ -33,16 +33,7 @@ def raw_forward(detector: Detector, tensor: Any, workers: int, iters: int) -> di
             for _ in range(WARMUP_CALLS):
                 detector.infer(tensor)
             start.wait(timeout=300)
-            while True:
-                with lock:
-                    if remaining[0] <= 0:
-                        return
-                    remaining[0] -= 1
-                t = time.perf_counter()
-                detector.infer(tensor)
-                dt = time.perf_counter() - t
-                with lock:
-                    calls.append(dt)
+            timed_forwards(detector, tensor, lock, remaining, calls)
         except BaseException as exc:  # noqa: BLE001 - re-raised below
             errors.append(exc)
             start.abort()

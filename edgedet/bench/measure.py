@@ -64,6 +64,22 @@ def measure_edge(spec: EdgeSpec) -> dict[str, Any]:
     }
 
 
+def timed_forwards(detector: Detector, tensor: np.ndarray, lock: threading.Lock, remaining: list[int],
+                   calls: list[float]) -> None:
+    """Take forwards off ``remaining`` one at a time (shared by several threads) and append each
+    call's duration to ``calls``, until none is left."""
+    while True:
+        with lock:
+            if remaining[0] <= 0:
+                return
+            remaining[0] -= 1
+        t = time.perf_counter()
+        detector.infer(tensor)
+        dt = time.perf_counter() - t
+        with lock:
+            calls.append(dt)
+
+
 def raw_layout(detector: Detector, tensor: np.ndarray, workers: int, threads: int, where: Where,
                iters: int) -> dict[str, Any]:
     """``iters`` forwards shared by ``workers`` threads of ``threads`` torch threads each (or the
@@ -75,16 +91,7 @@ def raw_layout(detector: Detector, tensor: np.ndarray, workers: int, threads: in
     errors: list[BaseException] = []
 
     def loop() -> None:
-        while True:
-            with lock:
-                if remaining[0] <= 0:
-                    return
-                remaining[0] -= 1
-            t = time.perf_counter()
-            detector.infer(tensor)
-            dt = time.perf_counter() - t
-            with lock:
-                calls.append(dt)
+        timed_forwards(detector, tensor, lock, remaining, calls)
 
     def setup() -> None:
         set_torch_threads(threads)

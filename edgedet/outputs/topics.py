@@ -69,25 +69,20 @@ class Topics:
         return f"{self.prefix}/{self.node}/feedback"
 
     def camera_status(self, camera: str) -> str:
-        _check_name("camera name", camera)
-        return f"{self.prefix}/{self.node}/{camera}/status"
+        return self.camera_prefix(camera) + "status"
 
     def detections(self, camera: str) -> str:
-        _check_name("camera name", camera)
-        return f"{self.prefix}/{self.node}/{camera}/detections"
+        return self.camera_prefix(camera) + "detections"
 
     def events(self, camera: str) -> str:
-        _check_name("camera name", camera)
-        return f"{self.prefix}/{self.node}/{camera}/events"
+        return self.camera_prefix(camera) + "events"
 
     def snapshot(self, camera: str) -> str:
-        _check_name("camera name", camera)
-        return f"{self.prefix}/{self.node}/{camera}/snapshot"
+        return self.camera_prefix(camera) + "snapshot"
 
     def active(self, camera: str, label: str) -> str:
         """The label's retained ON/OFF topic; any label works (see ``label_level``)."""
-        _check_name("camera name", camera)
-        return f"{self.prefix}/{self.node}/{camera}/{label_level(label)}/active"
+        return self.camera_prefix(camera) + f"{label_level(label)}/active"
 
     def camera_retained(self, camera: str) -> tuple[str, ...]:
         """The retained topics of a camera that do not depend on a label (cleared when it is removed)."""
@@ -100,12 +95,10 @@ class Topics:
 
     def profile(self, camera: str) -> str:
         """The camera's active profile (edgedet/profile_runner.py), retained."""
-        _check_name("camera name", camera)
-        return f"{self.prefix}/{self.node}/{camera}/profile"
+        return self.camera_prefix(camera) + "profile"
 
     def stats(self, camera: str) -> str:
-        _check_name("camera name", camera)
-        return f"{self.prefix}/{self.node}/{camera}/stats"
+        return self.camera_prefix(camera) + "stats"
 
     def discovery(self, discovery_prefix: str, component: str, entity: str, object_id: str) -> str:
         """Home Assistant's ``<discovery_prefix>/<component>/<node id>/<object id>/config``, with node
