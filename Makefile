@@ -29,7 +29,7 @@ $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q $(TORCH_PINS)
-	$(PY) -m pip install -q -e '.[dev,export,onnx,openvino,int8,fleet,web,profiles]'
+	$(PY) -m pip install -q -e '.[dev,export,onnx,openvino,ncnn,int8,fleet,web,profiles]'
 	# ultralytics pulls opencv-python (GUI build); the daemon ships with the headless one.
 	$(PY) -m pip uninstall -q -y opencv-python || true
 	$(PY) -m pip install -q --force-reinstall --no-deps opencv-python-headless
@@ -43,9 +43,15 @@ sysdeps:
 MODEL_BF16 := models/demo-bf16_openvino_model
 MODEL_INT8 := models/demo-int8_openvino_model
 
-model: $(MODEL) models-reduced
+# The demo's ncnn model (pnnx from the export extra converts it; a few seconds after the trace).
+MODEL_NCNN := models/demo_ncnn_model
+
+model: $(MODEL) $(MODEL_NCNN) models-reduced
 $(MODEL): | $(STAMP)
 	$(PY) scripts/demo_model.py --out $(MODEL)
+
+$(MODEL_NCNN): | $(MODEL)
+	$(PY) -m edgedet export --weights .cache/demo-model/best.pt --format ncnn -o $(MODEL_NCNN)
 
 models-reduced: $(MODEL_BF16) $(MODEL_INT8)
 $(MODEL_BF16) $(MODEL_INT8): | $(MODEL) $(CLIP)

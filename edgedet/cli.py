@@ -174,7 +174,8 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--log-level", default=None, choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     sub = ap.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("export", help="export an Ultralytics YOLOv8 .pt checkpoint to TorchScript, ONNX or OpenVINO")
+    p = sub.add_parser("export", help="export an Ultralytics YOLOv8 .pt checkpoint to TorchScript, ONNX, OpenVINO "
+                                      "or ncnn")
     p.add_argument("--weights", required=True, help="Ultralytics checkpoint (.pt)")
     p.add_argument("--imgsz", default="640", help="input size: N or H,W (multiples of the stride)")
     p.add_argument("--rect", default=None, metavar="W:H",
@@ -196,18 +197,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--force", action="store_true", help="write the model even when it fails the accuracy guard")
     p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
     p.add_argument("--check-image", default=None, help="real image for the traced-vs-eager check")
-    p.add_argument("--format", default="torchscript", choices=["torchscript", "onnx", "openvino"],
-                   help="torchscript (default), onnx (needs edgedet[onnx]) or openvino (needs edgedet[openvino])")
+    p.add_argument("--format", default="torchscript", choices=["torchscript", "onnx", "openvino", "ncnn"],
+                   help="torchscript (default), onnx (needs edgedet[onnx]), openvino (needs edgedet[openvino]) "
+                        "or ncnn (needs edgedet[export,ncnn]: the pnnx converter and the ncnn runtime)")
     p.add_argument("-o", "--output", default=None,
-                   help="output (default: WEIGHTS with .torchscript / .onnx, or WEIGHTS_openvino_model/)")
+                   help="output (default: WEIGHTS with .torchscript / .onnx, or WEIGHTS_openvino_model/ / "
+                        "WEIGHTS_ncnn_model/)")
     p.set_defaults(func=_cmd_export)
 
     p = sub.add_parser("detect", help="run the detector on image files, one JSON line per image")
     p.add_argument("images", nargs="+")
     p.add_argument("--model", required=True)
     p.add_argument("--device", default="cpu")
-    p.add_argument("--backend", default="auto", choices=["auto", "torchscript", "onnxruntime", "openvino"],
-                   help="auto: by the model path (.onnx -> onnxruntime, *_openvino_model/ or .xml -> openvino)")
+    p.add_argument("--backend", default="auto", choices=["auto", "torchscript", "onnxruntime", "openvino", "ncnn"],
+                   help="auto: by the model path (.onnx -> onnxruntime, *_openvino_model/ or .xml -> openvino, "
+                        "*_ncnn_model/ -> ncnn)")
     p.add_argument("--conf", type=float, default=0.25)
     p.add_argument("--iou", type=float, default=0.7)
     p.add_argument("--max-det", type=int, default=300)
@@ -216,8 +220,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_detect)
 
     p = sub.add_parser("info", help="print a model file's metadata: precision, calibration, agreement with fp32")
-    p.add_argument("model", help="a .torchscript, .onnx or *_openvino_model/ (or its .xml)")
-    p.add_argument("--backend", default="auto", choices=["auto", "torchscript", "onnxruntime", "openvino"])
+    p.add_argument("model", help="a .torchscript, .onnx, *_openvino_model/ (or its .xml) or *_ncnn_model/")
+    p.add_argument("--backend", default="auto", choices=["auto", "torchscript", "onnxruntime", "openvino", "ncnn"])
     p.add_argument("--json", action="store_true", help="the whole metadata as JSON")
     p.set_defaults(func=_cmd_info)
 

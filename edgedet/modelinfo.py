@@ -1,7 +1,7 @@
 """``edgedet info MODEL``: what a model file says about itself -- input, classes, precision, how it
 was calibrated and how well it agrees with the fp32 model (written by ``edgedet export``).
 
-Reads metadata only: TorchScript and OpenVINO files without loading a runtime, ONNX through
+Reads metadata only: TorchScript, OpenVINO and ncnn files without loading a runtime, ONNX through
 onnxruntime (its metadata lives in the protobuf).
 """
 
@@ -24,6 +24,10 @@ def read_info(path: str, backend: str = "auto") -> ModelInfo:
         from edgedet.model.openvino import read_metadata as ov_meta
 
         return ov_meta(path)
+    if kind == "ncnn":
+        from edgedet.model.ncnn import read_metadata as ncnn_meta
+
+        return ncnn_meta(path)
     from edgedet.model.torchscript import read_metadata as ts_meta
 
     return ts_meta(path)

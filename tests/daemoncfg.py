@@ -42,3 +42,14 @@ def write_config(
     path = tmp_path / name
     path.write_text(yaml.safe_dump(cfg, sort_keys=False))
     return path, metrics_port
+
+
+def frames_clip(frames: Path, out: Path, count: int) -> Path:
+    """An MP4 (25 fps, 1280x720) of the first ``count`` demo frames, for a file camera."""
+    import cv2
+
+    writer = cv2.VideoWriter(str(out), cv2.VideoWriter_fourcc(*"mp4v"), 25, (1280, 720))
+    for jpg in sorted(frames.glob("*.jpg"))[:count]:
+        writer.write(cv2.imread(str(jpg)))
+    writer.release()
+    return out

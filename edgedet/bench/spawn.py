@@ -89,7 +89,7 @@ class CandidateSpec:
 
     kind: ClassVar[str] = "candidate"
     model: str
-    backend: str  # auto | torchscript | onnxruntime | openvino
+    backend: str  # auto | torchscript | onnxruntime | openvino | ncnn
     video: str
     frames: int | None
     workers: int

@@ -1,5 +1,5 @@
 """The bench's variant rows (``--variant PATH``, repeatable): other backends and precisions of the
-demo model -- bf16 TorchScript, OpenVINO f32 / bf16 / int8, ONNX Runtime fp32 / int8 -- each at
+demo model -- bf16 TorchScript, OpenVINO f32 / bf16 / int8, ONNX Runtime fp32 / int8, ncnn fp32 -- each at
 1 x N and N x 1 threads, raw forward and pipeline, in ``candidate`` children; and the peer's
 fastest CPU setup (``--ultra-int8``): Ultralytics' own ``export(format="openvino", int8=True)``
 of ``--weights``, calibrated on frames of the bench clip, then run by its own ``predict``.

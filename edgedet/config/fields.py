@@ -85,9 +85,9 @@ def parse_file(value: Any, ctx: Ctx) -> str:
 
 
 def parse_model_path(value: Any, ctx: Ctx) -> str:
-    """A model file, or an OpenVINO ``*_openvino_model`` directory (one holding a .xml)."""
+    """A model file, or an OpenVINO / ncnn model directory (one holding a .xml / a .ncnn.param)."""
     for candidate in _resolve_path(value, ctx):
-        if candidate.is_dir() and any(candidate.glob("*.xml")):
+        if candidate.is_dir() and (any(candidate.glob("*.xml")) or any(candidate.glob("*.ncnn.param"))):
             return str(candidate)
     return parse_file(value, ctx)
 

@@ -224,8 +224,9 @@ class CameraConfig(Section):
 class ModelConfig(Section):
     path: str = field(metadata=meta(parse=parse_model_path))
     device: str = field(default="cpu", metadata=meta(check=valid_torch_device))
-    # auto: by model.path (.onnx -> onnxruntime, *_openvino_model/ or .xml -> openvino, else torchscript)
-    backend: Literal["auto", "torchscript", "onnxruntime", "openvino"] = "auto"
+    # auto: by model.path (.onnx -> onnxruntime, *_openvino_model/ or .xml -> openvino,
+    # *_ncnn_model/ or .ncnn.param -> ncnn, else torchscript)
+    backend: Literal["auto", "torchscript", "onnxruntime", "openvino", "ncnn"] = "auto"
     half: bool = False
     conf: float = field(default=0.25, metadata=meta(check=between(0, 1)))
     iou: float = field(default=0.7, metadata=meta(check=between(0, 1)))
@@ -233,10 +234,13 @@ class ModelConfig(Section):
     max_det: int = field(default=300, metadata=meta(check=at_least(1)))
 
     def validate(self) -> list[tuple[str, str]]:
-        if self.half and self.device == "cpu":
+        from edgedet.model import resolve_backend
+
+        kind = resolve_backend(self.path, self.backend)
+        if self.half and self.device == "cpu" and kind != "ncnn":
             return [("half", "half precision needs a CUDA device")]
-        if self.backend == "openvino" and self.device != "cpu":
-            return [("device", f"the openvino backend runs on cpu only (got {self.device!r})")]
+        if kind in ("openvino", "ncnn") and self.device != "cpu":
+            return [("device", f"the {kind} backend runs on cpu only (got {self.device!r})")]
         return []
 
 

@@ -8,6 +8,7 @@ only when configured, so a daemon configured for one backend never imports anoth
 | ``torchscript`` (default, the reference) | ``torchscript.py`` | ``*.torchscript`` | (core) |
 | ``onnxruntime`` | ``onnxruntime.py`` | ``*.onnx`` | ``edgedet[onnx]`` |
 | ``openvino`` | ``openvino.py`` | ``*_openvino_model/`` or its ``.xml`` | ``edgedet[openvino]`` |
+| ``ncnn`` | ``ncnn.py`` | ``*_ncnn_model/`` or its ``.ncnn.param`` | ``edgedet[ncnn]`` |
 
 ``load_detector`` is the factory; ``model.backend: auto`` picks by the model path with
 :func:`resolve_backend`. ``export/`` writes these files from an Ultralytics checkpoint. This
@@ -22,10 +23,10 @@ from pathlib import Path
 from typing import Literal, get_args
 
 from edgedet.errors import ModelError
-from edgedet.model.base import OPENVINO_DIR_SUFFIX, Detector
+from edgedet.model.base import NCNN_DIR_SUFFIX, OPENVINO_DIR_SUFFIX, Detector
 
-BackendName = Literal["torchscript", "onnxruntime", "openvino"]
-BackendChoice = Literal["auto", "torchscript", "onnxruntime", "openvino"]
+BackendName = Literal["torchscript", "onnxruntime", "openvino", "ncnn"]
+BackendChoice = Literal["auto", "torchscript", "onnxruntime", "openvino", "ncnn"]
 BACKENDS: tuple[str, ...] = get_args(BackendName)
 
 __all__ = ["BACKENDS", "BackendChoice", "BackendName", "load_detector", "resolve_backend", "torch_version"]
@@ -35,7 +36,8 @@ def resolve_backend(path: str | os.PathLike[str], backend: str = "auto") -> Back
     """The backend for ``path``: ``backend`` itself unless it is ``auto``, else by the path.
 
     ``auto``: a ``.onnx`` file -> onnxruntime; a ``.xml`` file, a directory named
-    ``*_openvino_model`` or a directory holding a ``.xml`` -> openvino; anything else
+    ``*_openvino_model`` or a directory holding a ``.xml`` -> openvino; a ``.ncnn.param`` file, a
+    directory named ``*_ncnn_model`` or a directory holding a ``.ncnn.param`` -> ncnn; anything else
     (``.torchscript`` included) -> torchscript, whose loader explains what a wrong file is.
     """
     if backend != "auto":
@@ -48,8 +50,12 @@ def resolve_backend(path: str | os.PathLike[str], backend: str = "auto") -> Back
         return "onnxruntime"
     if suffix == ".xml" or p.name.endswith(OPENVINO_DIR_SUFFIX):
         return "openvino"
+    if p.name.lower().endswith(".ncnn.param") or p.name.endswith(NCNN_DIR_SUFFIX):
+        return "ncnn"
     if p.is_dir() and any(p.glob("*.xml")):
         return "openvino"
+    if p.is_dir() and any(p.glob("*.ncnn.param")):
+        return "ncnn"
     return "torchscript"
 
 
@@ -63,7 +69,8 @@ def load_detector(
     """Load ``path`` with ``backend`` (``auto``: by the path, see :func:`resolve_backend`).
 
     Only the chosen backend's runtime is imported. ``threads``: ONNX Runtime's intra-op /
-    OpenVINO's inference threads / torch's process-wide intra-op pool (None: the runtime's default).
+    OpenVINO's inference threads / ncnn's ``opt.num_threads`` / torch's process-wide intra-op pool
+    (None: the runtime's default).
     """
     kind = resolve_backend(path, backend)
     if kind == "onnxruntime":
@@ -74,6 +81,10 @@ def load_detector(
         from edgedet.model.openvino import OpenVinoDetector
 
         return OpenVinoDetector(path, device=device, half=half, threads=threads)
+    if kind == "ncnn":
+        from edgedet.model.ncnn import NcnnDetector
+
+        return NcnnDetector(path, device=device, half=half, threads=threads)
     from edgedet.model.torchscript import TorchScriptDetector
 
     return TorchScriptDetector(path, device=device, half=half, threads=threads)

@@ -17,13 +17,16 @@ from pathlib import Path
 from typing import Any, Literal, Protocol
 
 import numpy as np
+import yaml
 
 from edgedet.errors import ModelError, first_line
 
 log = logging.getLogger(__name__)
 
 METADATA_FILE = "config.txt"
+METADATA_YAML = "metadata.yaml"  # beside the model files in a *_openvino_model / *_ncnn_model directory
 OPENVINO_DIR_SUFFIX = "_openvino_model"
+NCNN_DIR_SUFFIX = "_ncnn_model"
 InputLayout = Literal["nchw", "nhwc"]
 
 @dataclass(frozen=True, slots=True)
@@ -84,7 +87,7 @@ class Detector(Protocol):
 
     info: ModelInfo
     device: str
-    backend: str  # torchscript | onnxruntime | openvino
+    backend: str  # torchscript | onnxruntime | openvino | ncnn
     runtime: str  # the runtime and its version, e.g. "torch 2.14.1"
     input_shape: tuple[int, int, int, int]  # (1, 3, h, w): the fixed input the model was exported for
     np_dtype: type[np.floating[Any]]  # dtype of the preprocessed batch (float32, or float16)
@@ -296,6 +299,42 @@ def info_from_mapping(meta: Mapping[str, Any], path: Path, name: str) -> ModelIn
     return dataclasses.replace(parse_metadata(raw, path), name=name)
 
 
+MAX_METADATA_DEPTH = 32  # Ultralytics writes 3 levels; PyYAML slows with the square of the flow depth
+
+
+class _MetadataLoader(yaml.SafeLoader):
+    """PyYAML's safe loader that refuses metadata nested deeper than ``MAX_METADATA_DEPTH`` as it composes."""
+
+    depth = 0
+
+    def compose_node(self, parent: yaml.Node | None, index: object) -> yaml.Node | None:
+        self.depth += 1
+        try:
+            if self.depth > MAX_METADATA_DEPTH:
+                raise RecursionError("model metadata nested too deeply")
+            node: yaml.Node | None = super().compose_node(parent, index)
+            return node
+        finally:
+            self.depth -= 1
+
+
+def read_metadata_yaml(meta_path: Path, name: str) -> ModelInfo:
+    """A model directory's ``metadata.yaml`` (Ultralytics' OpenVINO / NCNN layout) as ModelInfo named ``name``."""
+    try:
+        with meta_path.open("rb") as fh:
+            raw = fh.read(MAX_METADATA_BYTES + 1)
+        check_metadata_bytes(len(raw), meta_path)
+        meta = yaml.load(raw.decode("utf-8"), Loader=_MetadataLoader)  # noqa: S506 - a safe loader
+        # aliases stay shared objects here: check_metadata_size counts what they expand to
+    except RecursionError:
+        raise ModelError(f"{meta_path}: model metadata is nested too deeply; re-export the model") from None
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
+        raise ModelError(f"{meta_path}: cannot read model metadata: {first_line(exc)}") from None
+    if not isinstance(meta, dict):
+        raise ModelError(f"{meta_path}: model metadata is not a mapping")
+    return info_from_mapping(meta, meta_path, name)
+
+
 def check_output(out: np.ndarray, info: ModelInfo, path: Path) -> int:
     """The dry run's output must be (1, 4 + nc, anchors); returns the anchor count."""
     expected = 4 + info.num_classes
@@ -343,7 +382,7 @@ def forward_error(path: Path, batch: np.ndarray, expected: tuple[int, ...], reas
 
 class RuntimeDetector:
     """Base of the backends that run the model file in a runtime of their own (ONNX Runtime,
-    OpenVINO): the load options, a fixed NCHW input, the dry run and the one-line forward error.
+    OpenVINO, ncnn): the load options, a fixed NCHW input, the dry run and the one-line forward error.
 
     A subclass sets ``backend`` and implements ``_load`` (sets ``info``, ``runtime``,
     ``input_shape``, ``np_dtype``, ``half``) and ``_run`` (one forward on a contiguous batch).

@@ -20,38 +20,17 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import yaml
 
-from edgedet.errors import ModelError, first_line
+from edgedet.errors import ModelError
 from edgedet.model.base import (
-    MAX_METADATA_BYTES,
+    METADATA_YAML,
     OPENVINO_DIR_SUFFIX,
     ModelInfo,
     RuntimeDetector,
     check_input_shape,
-    check_metadata_bytes,
-    info_from_mapping,
+    read_metadata_yaml,
     runtime_message,
 )
-
-METADATA_YAML = "metadata.yaml"
-MAX_METADATA_DEPTH = 32  # Ultralytics writes 3 levels; PyYAML slows with the square of the flow depth
-
-
-class _MetadataLoader(yaml.SafeLoader):
-    """PyYAML's safe loader that refuses metadata nested deeper than ``MAX_METADATA_DEPTH`` as it composes."""
-
-    depth = 0
-
-    def compose_node(self, parent: yaml.Node | None, index: object) -> yaml.Node | None:
-        self.depth += 1
-        try:
-            if self.depth > MAX_METADATA_DEPTH:
-                raise RecursionError("model metadata nested too deeply")
-            node: yaml.Node | None = super().compose_node(parent, index)
-            return node
-        finally:
-            self.depth -= 1
 
 
 def import_openvino() -> Any:
@@ -113,20 +92,8 @@ def read_metadata(path: str | os.PathLike[str]) -> ModelInfo:
             f"{where}: no model metadata ({METADATA_YAML} next to {xml.name}); "
             "re-export it with `edgedet export --format openvino`"
         )
-    try:
-        with meta_path.open("rb") as fh:
-            raw = fh.read(MAX_METADATA_BYTES + 1)
-        check_metadata_bytes(len(raw), meta_path)
-        meta = yaml.load(raw.decode("utf-8"), Loader=_MetadataLoader)  # noqa: S506 - a safe loader
-        # aliases stay shared objects here: check_metadata_size counts what they expand to
-    except RecursionError:
-        raise ModelError(f"{meta_path}: model metadata is nested too deeply; re-export the model") from None
-    except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
-        raise ModelError(f"{meta_path}: cannot read model metadata: {first_line(exc)}") from None
-    if not isinstance(meta, dict):
-        raise ModelError(f"{meta_path}: model metadata is not a mapping")
     name = where.name.removesuffix(OPENVINO_DIR_SUFFIX) if where.name.endswith(OPENVINO_DIR_SUFFIX) else xml.stem
-    return info_from_mapping(meta, meta_path, name)
+    return read_metadata_yaml(meta_path, name)
 
 
 class OpenVinoDetector(RuntimeDetector):

@@ -15,6 +15,7 @@ the reference; a reduced-precision model below ``--min-f1``, or without figures 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import logging
 import os
@@ -55,8 +56,9 @@ def parse_layouts(text: str | None, cores: int) -> list[tuple[int, int]]:
 
 
 def _model_files(directory: Path) -> list[Path]:
+    dirs = ("_openvino_model", "_ncnn_model") if importlib.util.find_spec("ncnn") else ("_openvino_model",)
     files = [p for p in directory.iterdir() if p.suffix in (".torchscript", ".onnx") and p.is_file()]
-    files += [p for p in directory.iterdir() if p.is_dir() and p.name.endswith("_openvino_model")]
+    files += [p for p in directory.iterdir() if p.is_dir() and p.name.endswith(dirs)]
     return sorted(files)
 
 

@@ -11,7 +11,7 @@ import pytest
 
 from edgedet.schemas import load_schema
 from tests.brokers import healthz
-from tests.daemoncfg import write_config
+from tests.daemoncfg import frames_clip, write_config
 from tests.helpers import (
     Message,
     MqttSubscriber,
@@ -107,13 +107,7 @@ def test_two_cameras_rtsp_and_looping_file(rtsp_server, assets, start_daemon):
 
 def test_file_is_processed_completely_then_exit_0(tmp_path: Path, assets, start_daemon):
     """realtime: false + loop: false -> back-pressure, no drops, every frame published, exit 0."""
-    import cv2
-
-    clip = tmp_path / "short.mp4"
-    writer = cv2.VideoWriter(str(clip), cv2.VideoWriter_fourcc(*"mp4v"), 25, (1280, 720))
-    for jpg in sorted(assets.frames.glob("*.jpg"))[:20]:
-        writer.write(cv2.imread(str(jpg)))
-    writer.release()
+    clip = frames_clip(assets.frames, tmp_path / "short.mp4", 20)
     proc, sub, _ = start_daemon({"file": {"url": str(clip), "realtime": False, "queue_size": 2}},
                                 mqtt={"publish_empty": True})
     code = proc.wait(timeout=180)

@@ -13,6 +13,7 @@ import subprocess
 import sys
 import threading
 import zipfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -99,6 +100,22 @@ def write_openvino(directory: Path, meta: dict[str, Any] | None, name: str = "ti
 
 def expected(x: np.ndarray) -> np.ndarray:
     return x.reshape(OUT).astype(np.float32)
+
+
+def load_error(load: Callable[[Path], Any], path: Path) -> str:
+    """The ModelError that ``load(path)`` raises, checked to be one line."""
+    with pytest.raises(ModelError) as info:
+        load(path)
+    assert "\n" not in str(info.value)
+    return str(info.value)
+
+
+def check_cpu_only(load: Callable[..., Any], model: Path, backend: str) -> None:
+    """CUDA is refused in one line, and so is a batch of the wrong size (1x3x4x4 for an 8x8 model)."""
+    with pytest.raises(ModelError, match=f"model.device cuda: the {backend} backend runs on cpu only"):
+        load(model, device="cuda")
+    with pytest.raises(ModelError, match=r"forward failed for input \(1, 3, 4, 4\) \(model expects \(1, 3, 8, 8\)\): "):
+        load(model).infer(np.zeros((1, 3, 4, 4), np.float32))
 
 
 def run_threads(detector: Any, n_threads: int = 4, calls: int = 25) -> list[str]:
@@ -201,7 +218,7 @@ def test_bad_metadata_same_messages_as_torchscript(meta: dict[str, Any], message
 CAMERA = "cameras:\n  gate:\n    url: rtsp://cam.local/stream\n"
 
 
-@pytest.mark.parametrize("backend", ["auto", "torchscript", "onnxruntime", "openvino"])
+@pytest.mark.parametrize("backend", ["auto", "torchscript", "onnxruntime", "openvino", "ncnn"])
 def test_config_backend_values(tmp_path: Path, backend: str) -> None:
     (tmp_path / "m.onnx").write_bytes(b"x")
     cfg = parse_config(CAMERA + f"model:\n  path: m.onnx\n  backend: {backend}\n", "c.yaml", tmp_path)
@@ -213,11 +230,13 @@ def test_config_backend_default_and_errors(tmp_path: Path) -> None:
     assert parse_config(CAMERA + "model:\n  path: m.onnx\n", "c.yaml", tmp_path).model.backend == "auto"
     with pytest.raises(ConfigError) as info:
         parse_config(CAMERA + "model:\n  path: m.onnx\n  backend: tensorrt\n", "c.yaml", tmp_path)
-    assert "c.yaml:6: model.backend: expected one of 'auto', 'torchscript', 'onnxruntime', 'openvino'" in str(
+    assert "c.yaml:6: model.backend: expected one of 'auto', 'torchscript', 'onnxruntime', 'openvino', 'ncnn'" in str(
         info.value
     )
     with pytest.raises(ConfigError, match="model.device: the openvino backend runs on cpu only"):
         parse_config(CAMERA + "model:\n  path: m.onnx\n  backend: openvino\n  device: cuda\n", "c.yaml", tmp_path)
+    with pytest.raises(ConfigError, match="model.device: the ncnn backend runs on cpu only"):
+        parse_config(CAMERA + "model:\n  path: m.onnx\n  backend: ncnn\n  device: cuda\n", "c.yaml", tmp_path)
 
 
 def test_config_accepts_openvino_model_directory(tmp_path: Path) -> None:
@@ -231,6 +250,20 @@ def test_config_accepts_openvino_model_directory(tmp_path: Path) -> None:
         parse_config(CAMERA + "model:\n  path: no_model\n", "c.yaml", tmp_path)
 
 
+def test_config_ncnn_model_directory_and_half_on_the_cpu(tmp_path: Path) -> None:
+    """An ncnn directory by path (auto); model.half on the CPU is ncnn's fp16, an error for the others."""
+    exported = tmp_path / "demo_ncnn_model"
+    exported.mkdir()
+    (exported / "model.ncnn.param").write_text("7767517\n")
+    cfg = parse_config(CAMERA + "model:\n  path: demo_ncnn_model\n  half: true\n", "c.yaml", tmp_path)
+    assert (cfg.model.path, cfg.model.half) == (str(exported), True)
+    with pytest.raises(ConfigError, match="model.device: the ncnn backend runs on cpu only"):
+        parse_config(CAMERA + "model:\n  path: demo_ncnn_model\n  device: cuda\n", "c.yaml", tmp_path)
+    (tmp_path / "m.onnx").write_bytes(b"x")
+    with pytest.raises(ConfigError, match="model.half: half precision needs a CUDA device"):
+        parse_config(CAMERA + "model:\n  path: m.onnx\n  half: true\n", "c.yaml", tmp_path)
+
+
 # --------------------------------------------------------------------------- lazy imports
 
 
@@ -238,7 +271,7 @@ ISOLATION = """
 import json, sys, threading
 from edgedet.model import load_detector
 det = load_detector(sys.argv[1])
-loaded = {m: m in sys.modules for m in ("torch", "onnxruntime", "openvino")}
+loaded = {m: m in sys.modules for m in ("torch", "onnxruntime", "openvino", "ncnn")}
 print(json.dumps(loaded | {"cls": type(det).__name__, "threads": [t.name for t in threading.enumerate()]}))
 """
 
@@ -258,6 +291,8 @@ def _loaded_modules(model: Path) -> dict[str, Any]:
             not DEMO_MODEL.is_file(), reason="demo model missing: run `make model`")),
         pytest.param("onnx", "OnnxRuntimeDetector", "onnxruntime", marks=needs_ort),
         pytest.param("openvino", "OpenVinoDetector", "openvino", marks=needs_ov),
+        pytest.param("ncnn", "NcnnDetector", "ncnn", marks=pytest.mark.skipif(
+            importlib.util.find_spec("ncnn") is None, reason="ncnn not installed (pip install 'edgedet[ncnn]')")),
     ],
 )
 def test_loading_imports_only_the_configured_backend(tmp_path: Path, kind: str, cls: str, imported: str) -> None:
@@ -267,10 +302,14 @@ def test_loading_imports_only_the_configured_backend(tmp_path: Path, kind: str, 
         model = DEMO_MODEL
     elif kind == "onnx":
         model = write_onnx(tmp_path / "tiny.onnx", metadata())
+    elif kind == "ncnn":
+        from tests.unit.test_ncnn_backend import write_ncnn
+
+        model = write_ncnn(tmp_path / "tiny_ncnn_model", metadata())
     else:
         model = write_openvino(tmp_path / "tiny_openvino_model", metadata())
     loaded = _loaded_modules(model)
-    want = {m: m == imported for m in ("torch", "onnxruntime", "openvino")}
+    want = {m: m == imported for m in ("torch", "onnxruntime", "openvino", "ncnn")}
     assert loaded == want | {"cls": cls, "threads": ["MainThread"]}
 
 
@@ -329,9 +368,7 @@ def test_onnxruntime_bad_files_one_line_errors(tmp_path: Path, case: str) -> Non
     from edgedet.model.onnxruntime import OnnxRuntimeDetector
 
     path, message = _onnx_cases(tmp_path)[case]
-    with pytest.raises(ModelError) as info:
-        OnnxRuntimeDetector(path)
-    assert message in str(info.value) and "\n" not in str(info.value)
+    assert message in load_error(OnnxRuntimeDetector, path)
 
 
 @needs_ort
@@ -406,18 +443,11 @@ def test_openvino_bad_files_one_line_errors(tmp_path: Path, case: str) -> None:
     from edgedet.model.openvino import OpenVinoDetector
 
     path, message = _openvino_cases(tmp_path)[case]
-    with pytest.raises(ModelError) as info:
-        OpenVinoDetector(path)
-    assert message in str(info.value) and "\n" not in str(info.value)
+    assert message in load_error(OpenVinoDetector, path)
 
 
 @needs_ov
 def test_openvino_cpu_only(tmp_path: Path) -> None:
     from edgedet.model.openvino import OpenVinoDetector
 
-    ir = write_openvino(tmp_path / "tiny_openvino_model", metadata())
-    with pytest.raises(ModelError, match="model.device cuda: the openvino backend runs on cpu only"):
-        OpenVinoDetector(ir, device="cuda")
-    det = OpenVinoDetector(ir)
-    with pytest.raises(ModelError, match=r"forward failed for input \(1, 3, 4, 4\) \(model expects \(1, 3, 8, 8\)\): "):
-        det.infer(np.zeros((1, 3, 4, 4), np.float32))
+    check_cpu_only(OpenVinoDetector, write_openvino(tmp_path / "tiny_openvino_model", metadata()), "openvino")

@@ -37,6 +37,7 @@ SUPPORTED: dict[str, tuple[str, ...]] = {
     "torchscript": ("fp32", "bf16", "fp16"),
     "openvino": ("fp32", "bf16", "int8"),
     "onnx": ("fp32", "int8"),
+    "ncnn": ("fp32",),  # fp16 is a run-time option of the fp32 file (model.half)
 }
 # int8 attempts, in order: (name, what is kept in float).
 OPENVINO_LADDER = ("head-decode", "head", "accuracy-control")
@@ -50,6 +51,8 @@ def check_combination(fmt: str, precision: str, device: str) -> None:
     if precision not in SUPPORTED[fmt]:
         hint = {"fp16": "fp16 is for TorchScript on CUDA", "bf16": "use --format openvino or torchscript",
                 "int8": "use --format openvino or onnx"}[precision]
+        if fmt == "ncnn" and precision == "fp16":
+            hint = "an ncnn export is fp32; run it in fp16 with model.half: true"
         raise InputError(f"--precision {precision}: not available for --format {fmt} ({hint})")
     if precision in ("bf16", "int8") and device != "cpu":
         raise InputError(f"--precision {precision}: a CPU precision; --device must be cpu (got {device!r})")

@@ -209,12 +209,12 @@ def export(
     precision: str | None = None,
     reduced: ReducedOptions | None = None,
 ) -> ExportReport:
-    """Trace ``weights`` and write a TorchScript file atomically (``format="onnx"|"openvino"``: the
-    same fused module and metadata as ONNX / OpenVINO IR, see ``edgedet.model.export.convert``).
+    """Trace ``weights`` and write a TorchScript file atomically (``format="onnx"|"openvino"|"ncnn"``:
+    the same fused module and metadata as ONNX / OpenVINO IR / ncnn, see ``edgedet.model.export.convert``).
     Raises EdgedetError subclasses."""
     weights = Path(weights)
-    if format not in ("torchscript", "onnx", "openvino"):
-        raise InputError(f"--format: expected torchscript, onnx or openvino (got {format!r})")
+    if format not in ("torchscript", "onnx", "openvino", "ncnn"):
+        raise InputError(f"--format: expected torchscript, onnx, openvino or ncnn (got {format!r})")
     precision = precision or ("fp16" if half else "fp32")
     from edgedet.model.export.precision import check_combination
 
@@ -222,6 +222,10 @@ def export(
     half = precision == "fp16"
     if half and format != "torchscript":
         raise InputError(f"--half: {format} exports are fp32 (fp16 is for TorchScript on CUDA)")
+    if format == "ncnn":
+        from edgedet.model.export.convert import ncnn_tools
+
+        ncnn_tools()  # before the slow part: a missing converter or runtime is reported at once
     if not weights.is_file():
         raise InputError(f"--weights: file not found: {weights}")
     if not os.access(weights, os.R_OK):
