@@ -3,7 +3,9 @@ precision, any aspect-matched export) at each thread layout -- the raw forward a
 pipeline on a clip -- and recommend the fastest setup whose detections agree with fp32.
 
 Candidates: the config's ``model.path``, every ``--model``, and the model files beside
-``model.path`` exported from the same checkpoint (same ``source_sha256`` in their metadata). Each
+``model.path`` (and in ``--export-dir``) exported from the same checkpoint (same ``source_sha256``
+in their metadata), plus aspect-matched twins for the cameras' frame aspect (``edgedet.tune.rect``:
+exported here with ``--weights``, else the ``edgedet export`` commands are printed). Each
 measurement runs in its own child process, one at a time (``edgedet.bench.spawn``): thread
 settings are process-wide and two runtimes at once on a small box slow each other down.
 
@@ -19,7 +21,7 @@ import importlib.util
 import json
 import logging
 import os
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +39,7 @@ class Candidate:
     f1: float | None  # agreement with fp32 from the export; 1.0 for fp32 itself
     accepted: bool
     why: str
+    stride: int = 32
 
 
 def parse_layouts(text: str | None, cores: int) -> list[tuple[int, int]]:
@@ -78,26 +81,29 @@ def judge(path: str, min_f1: float, allow_unchecked: bool) -> Candidate:
         f1 = float(agree["f1"])
         ok = f1 >= min_f1
         why = f"F1 {f1:.3f} {'>=' if ok else '<'} {min_f1:g}"
-    return Candidate(path, resolve_backend(path), precision, info.imgsz, f1, ok, why)
+    return Candidate(path, resolve_backend(path), precision, info.imgsz, f1, ok, why, info.stride)
 
 
-def candidates(model_path: str, extra: list[str]) -> list[str]:
+def source_sha(path: str) -> str | None:
+    """The ``source_sha256`` (the checkpoint) an edgedet export records, or None."""
     from edgedet.modelinfo import read_info
 
-    paths = [model_path, *extra]
-    base = Path(model_path)
     try:
-        sha = (read_info(model_path).extra.get("edgedet") or {}).get("source_sha256")
-    except Exception:  # noqa: BLE001 - the config's model is judged (and reported) below
-        sha = None
-    if sha and base.parent.is_dir():
-        for p in _model_files(base.parent):
-            try:
-                theirs = (read_info(str(p)).extra.get("edgedet") or {}).get("source_sha256")
-            except Exception:  # noqa: BLE001 - not a model we can read: not a candidate
-                continue
-            if theirs == sha:
-                paths.append(str(p))
+        sha = (read_info(path).extra.get("edgedet") or {}).get("source_sha256")
+    except Exception:  # noqa: BLE001 - not a model we can read (the config's model is judged and reported later)
+        return None
+    return str(sha) if sha else None
+
+
+def candidates(model_path: str, extra: list[str], dirs: list[Path] | None = None) -> list[str]:
+    """``model_path``, ``extra``, and the models in ``model_path``'s folder (and ``dirs``) exported
+    from the same checkpoint."""
+    paths = [model_path, *extra]
+    sha = source_sha(model_path)
+    folders = [Path(model_path).parent, *(dirs or [])]
+    if sha:
+        for folder in _unique([str(d) for d in folders if d.is_dir()]):
+            paths += [str(p) for p in _model_files(Path(folder)) if source_sha(str(p)) == sha]
     return _unique(paths)
 
 
@@ -124,7 +130,10 @@ def main(args: argparse.Namespace) -> int:
         raise InputError(f"--video {video}: no such file")
     cores = os.cpu_count() or 1
     layouts = parse_layouts(args.layouts, cores)
-    models = [judge(p, args.min_f1, args.allow_unchecked) for p in candidates(cfg.model.path, args.model)]
+    export_dir = Path(args.export_dir) if args.export_dir else Path(cfg.model.path).parent
+    paths = candidates(cfg.model.path, args.model, [export_dir])
+    models = [judge(p, args.min_f1, args.allow_unchecked) for p in paths]
+    models += add_rect_candidates(args, cfg, video, models, export_dir)
     rows: list[dict[str, Any]] = []
     for cand in models:
         for workers, threads in layouts:
@@ -156,6 +165,53 @@ def main(args: argparse.Namespace) -> int:
         backup = write_recommendation(Path(args.config), model_block, workers_block)
         print(f"wrote {args.config} (previous version: {backup})")
     return 0
+
+
+def add_rect_candidates(args: argparse.Namespace, cfg: Any, video: str, models: list[Candidate],
+                        export_dir: Path) -> list[Candidate]:
+    """Aspect-matched twins of the candidates (``edgedet.tune.rect``): exported with ``--weights``,
+    else the commands are printed. Returns the new candidates; marks every rect model that does not
+    suit all cameras as not recommended (in place in ``models``)."""
+    from edgedet.modelinfo import read_info
+    from edgedet.tune.rect import camera_aspects, export_args, fits, missing_variants, run_export, shell_line
+
+    aspects = camera_aspects(cfg.cameras, video)
+
+    def fitted(cand: Candidate) -> Candidate:
+        why = fits(cand.imgsz, cand.stride, aspects)
+        return replace(cand, accepted=False, why=why) if why is not None and cand.accepted else cand
+
+    models[:] = [fitted(c) for c in models]
+    sha = source_sha(cfg.model.path)
+    ours = [(c.path, c.backend, c.precision, c.imgsz, c.stride, read_info(c.path).extra.get("edgedet") or {})
+            for c in models if sha and source_sha(c.path) == sha]
+    missing = missing_variants(ours, aspects, export_dir)
+    if not missing:
+        return []
+    if args.weights is None:
+        print(f"no aspect-matched model for {', '.join(sorted({v.aspect.ratio for v in missing}))} frames; "
+              "add one per format and precision with (then run tune again):")
+        weights = str(read_info(cfg.model.path).extra.get("edgedet", {}).get("source") or "WEIGHTS.pt")
+        for v in missing:
+            print("  " + shell_line(export_args(v, weights, video, args.min_f1)))
+        return []
+    from edgedet.model.export.trace import sha256_file
+
+    if not Path(args.weights).is_file():
+        raise InputError(f"--weights {args.weights}: no such file")
+    if sha and sha256_file(Path(args.weights)) != sha:
+        raise InputError(f"--weights {args.weights}: not the checkpoint {cfg.model.path} was exported from "
+                         "(its sha256 differs from the model's source_sha256)")
+    added = []
+    for v in missing:
+        cmd = export_args(v, args.weights, video, args.min_f1)
+        print(f"exporting {v.output.name} ({v.fmt} {v.precision} {v.imgsz[0]}x{v.imgsz[1]} for "
+              f"{v.aspect.ratio}): {shell_line(cmd)}", flush=True)
+        ok, line = run_export(cmd)
+        print(f"  {'ok' if ok else 'failed'}: {line}", flush=True)
+        if ok:
+            added.append(fitted(judge(str(v.output), args.min_f1, args.allow_unchecked)))
+    return added
 
 
 def format_table(rows: list[dict[str, Any]], best: dict[str, Any] | None) -> str:

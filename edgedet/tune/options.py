@@ -12,6 +12,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "same checkpoint are candidates too")
     p.add_argument("--video", default=None,
                    help="clip for the pipeline rows (default: the config's first file camera)")
+    p.add_argument("--weights", default=None, metavar="W.pt",
+                   help="the checkpoint model.path was exported from: aspect-matched (rect) twins of the candidates "
+                        "that the cameras' frame aspect calls for are exported with it (default: print the commands)")
+    p.add_argument("--export-dir", default=None, metavar="DIR",
+                   help="where --weights exports go, also searched for candidates (default: model.path's folder)")
     p.add_argument("--frames", type=int, default=60, help="clip frames per pipeline measurement (default 60)")
     p.add_argument("--raw-iters", type=int, default=20, help="forwards per raw measurement (default 20)")
     p.add_argument("--layouts", default=None, metavar="WxT,...",

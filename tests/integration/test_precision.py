@@ -219,3 +219,34 @@ def test_tune_ranks_and_writes(models, tmp_path):
     assert written["model"]["path"] == best["path"] and written["workers"]["count"] == 1
     assert (tmp_path / (cfg.name + ".bak")).is_file()
     assert edgedet("check-config", str(cfg)).returncode == 0
+
+
+def test_tune_exports_aspect_matched_twins(models, tmp_path):
+    """The config's camera is the 16:9 demo clip and the candidates are square (160): with --weights,
+    tune exports the 96x160 twin of each (format, precision) -- the bf16 one through its guard -- and
+    ranks them with the square ones."""
+    from tests.daemoncfg import write_config
+    from tests.helpers import free_port
+
+    cand = tmp_path / "models"
+    cand.mkdir()
+    shutil.copy2(models["fp32"], cand / "m.torchscript")
+    shutil.copytree(models["ov-bf16"], cand / "m-bf16_openvino_model")
+    cfg, _ = write_config(tmp_path, {"cam": {"url": str(CLIP), "realtime": False}}, free_port(),
+                          model={"path": str(cand / "m.torchscript")})
+    result = edgedet("tune", "-c", str(cfg), "--weights", str(DEMO_WEIGHTS), "--frames", "8", "--raw-iters", "3",
+                     "--layouts", "1x2", "--min-f1", MIN_F1, "--json", str(tmp_path / "tune.json"), timeout=1200)
+    assert result.returncode == 0, result.stdout + result.stderr[-3000:]
+    assert "exporting m-96x160.torchscript" in result.stdout
+    assert "exporting m-bf16-96x160_openvino_model" in result.stdout and "--rect 16:9" in result.stdout
+    rows = json.loads((tmp_path / "tune.json").read_text())["rows"]
+    shapes = {(Path(r["path"]).name, tuple(r["imgsz"])) for r in rows}
+    assert shapes == {("m.torchscript", (160, 160)), ("m-bf16_openvino_model", (160, 160)),
+                      ("m-96x160.torchscript", (96, 160)), ("m-bf16-96x160_openvino_model", (96, 160))}
+    assert all(r.get("pipeline_fps", 0) > 0 for r in rows), rows
+    twin = info(cand / "m-bf16-96x160_openvino_model")["edgedet"]
+    assert twin["input_shape"] == [1, 3, 96, 160] and twin["guard"] == "passed" and twin["val_frames"] == 12
+    # a second run finds the twins beside model.path and exports nothing
+    again = edgedet("tune", "-c", str(cfg), "--frames", "4", "--raw-iters", "2", "--layouts", "1x2",
+                    "--min-f1", MIN_F1, timeout=900)
+    assert again.returncode == 0 and "exporting" not in again.stdout and "no aspect-matched" not in again.stdout
