@@ -5,9 +5,10 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.edgedet-installed
 ARCH := $(shell uname -m)
-# torch builds that pip takes from this machine's disk (x86_64) / a CPU build (aarch64).
+# torch builds that pip takes from this machine's disk (x86_64) / the newest CPU-only aarch64
+# build on PyPI (2.11 and later pull CUDA 13 libraries; scripts/install.sh's TORCH_AARCH64).
 ifeq ($(ARCH),aarch64)
-TORCH_PINS ?= torch==2.9.1 torchvision==0.24.1
+TORCH_PINS ?= torch==2.10.0 torchvision==0.25.0
 else
 TORCH_PINS ?= torch==2.14.1 torchvision==0.29.1
 endif
@@ -16,12 +17,13 @@ CLIP := .cache/demo/demo.mp4
 STILL_CLIPS := .cache/demo/static_scene.mp4 .cache/demo/slow_plume.mp4
 PYTEST_ARGS ?=
 
-.PHONY: help venv sysdeps model models-reduced assets demo test unit lint clean
+.PHONY: help venv sysdeps model models-reduced assets demo test unit lint clean arm64-check
 
 help:
 	@echo "make demo   - run the daemon on the built-in demo clip, show MQTT messages + latency"
 	@echo "make test   - install everything needed and run the whole test suite"
 	@echo "make unit   - unit tests only;  make lint - ruff + mypy;  make model - export the demo model"
+	@echo "make arm64-check - edgedet inside an arm64 Debian 12 under qemu-user (ARM64_ARGS=--quick: CI's subset)"
 
 venv: $(STAMP)
 
@@ -69,6 +71,11 @@ unit: venv model
 
 test: sysdeps venv model assets
 	$(PY) -m pytest -q $(PYTEST_ARGS)
+
+# edgedet in an arm64 Debian 12 rootfs under qemu-user (root; cache in /var/cache/edgedet-arm64).
+ARM64_ARGS ?=
+arm64-check: venv model assets
+	bash scripts/arm64_check.sh $(ARM64_ARGS)
 
 lint: venv
 	$(VENV)/bin/ruff check edgedet tests scripts

@@ -18,6 +18,7 @@ PACKAGES=(
     chromium
     chromium-driver
     iproute2
+    shellcheck
 )
 
 missing=()

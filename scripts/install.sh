@@ -1,15 +1,18 @@
 #!/usr/bin/env bash
 # Install or upgrade edgedet as a systemd service on Debian, Raspberry Pi OS or Ubuntu / JetPack.
 #
-# usage: scripts/install.sh [--prefix DIR] [--root DIR] [--dry-run] [--no-enable] [--model FILE]
-#                           [--skip-venv]
+# usage: scripts/install.sh [--prefix DIR] [--root DIR] [--dry-run] [--no-enable] [--model PATH]
+#                           [--backend NAME] [--skip-venv]
 #
 #   --prefix DIR   install directory; the venv goes to DIR/venv (default /opt/edgedet)
 #   --root DIR     install into a throwaway root: files go under DIR, user creation, ownership
 #                  and systemctl are printed as skipped (for tests and image builds)
 #   --dry-run      print every action, one per line prefixed "+ ", and change nothing
 #   --no-enable    install only: do not enable, start or restart the service
-#   --model FILE   copy a TorchScript model (from `edgedet export`) to /var/lib/edgedet/models/
+#   --model PATH   copy a model (from `edgedet export`: a .torchscript or .onnx file, or an
+#                  *_openvino_model/ or *_ncnn_model/ directory) to /var/lib/edgedet/models/
+#   --backend NAME torchscript (default), onnxruntime, openvino or ncnn (default: by --model's
+#                  name): installs that backend's extra; onnxruntime and ncnn install no torch
 #   --skip-venv    leave the venv alone (no python -m venv, no pip); for tests and for hosts
 #                  where the venv is managed another way
 #   --local-broker CENTRAL_HOST[:PORT]
@@ -35,6 +38,8 @@ readonly SERVICE=edgedet.service
 readonly SVC_USER=edgedet
 readonly EXAMPLE_MODEL_PATH=/var/lib/edgedet/models/yolov8n.torchscript
 readonly TORCH_CPU_INDEX=https://download.pytorch.org/whl/cpu
+# The newest torch whose aarch64 wheel on PyPI is CPU-only (2.11 and later pull CUDA 13 libraries, GBs).
+readonly TORCH_AARCH64=2.10.0
 
 REPO="$(cd -- "$(dirname -- "${BASH_SOURCE[0]}")/.." && pwd -P)"
 readonly REPO
@@ -43,6 +48,7 @@ ROOT=""
 DRY_RUN=0
 ENABLE=1
 MODEL=""
+BACKEND=""
 SKIP_VENV=0
 PYTHON="${PYTHON:-python3}"
 LOCAL_BROKER=""
@@ -55,7 +61,7 @@ BRIDGE_KEY=""
 BRIDGE_TLS=1
 
 usage() {
-    sed -n '4,22s/^# \{0,1\}//p' "${BASH_SOURCE[0]}"
+    sed -n '4,25s/^# \{0,1\}//p' "${BASH_SOURCE[0]}"
 }
 
 die() {
@@ -94,13 +100,14 @@ skip() {
 
 while (($# > 0)); do
     case "$1" in
-        --prefix | --root | --model | --local-broker | --print-bridge | --node | --topic-prefix | --bridge-ca \
+        --prefix | --root | --model | --backend | --local-broker | --print-bridge | --node | --topic-prefix | --bridge-ca \
             | --bridge-cert | --bridge-key)
             (($# >= 2)) || bad_usage "$1 needs a value"
             case "$1" in
                 --prefix) PREFIX="$2" ;;
                 --root) ROOT="$2" ;;
                 --model) MODEL="$2" ;;
+                --backend) BACKEND="$2" ;;
                 --local-broker) LOCAL_BROKER="$2" ;;
                 --print-bridge) PRINT_BRIDGE="$2" ;;
                 --node) NODE_ID="$2" ;;
@@ -114,6 +121,7 @@ while (($# > 0)); do
         --prefix=*) PREFIX="${1#*=}"; shift ;;
         --root=*) ROOT="${1#*=}"; shift ;;
         --model=*) MODEL="${1#*=}"; shift ;;
+        --backend=*) BACKEND="${1#*=}"; shift ;;
         --dry-run) DRY_RUN=1; shift ;;
         --no-enable) ENABLE=0; shift ;;
         --skip-venv) SKIP_VENV=1; shift ;;
@@ -122,6 +130,20 @@ while (($# > 0)); do
         *) bad_usage "unknown argument: $1" ;;
     esac
 done
+
+MODEL="${MODEL%/}"
+if [[ -z "$BACKEND" ]]; then
+    case "$MODEL" in
+        *.onnx) BACKEND=onnxruntime ;;
+        *_openvino_model | *.xml) BACKEND=openvino ;;
+        *_ncnn_model) BACKEND=ncnn ;;
+        *) BACKEND=torchscript ;;
+    esac
+fi
+case "$BACKEND" in
+    torchscript | onnxruntime | openvino | ncnn) ;;
+    *) bad_usage "--backend: expected torchscript, onnxruntime, openvino or ncnn (got $BACKEND)" ;;
+esac
 
 # ------------------------------------------------------------------------------------ bridge
 
@@ -218,7 +240,7 @@ if [[ -n "$ROOT" ]]; then
     [[ "$ROOT" != / ]] || ROOT=""
 fi
 if [[ -n "$MODEL" ]]; then
-    [[ -f "$MODEL" && -r "$MODEL" ]] || bad_usage "--model: no readable file at '$MODEL'"
+    [[ (-f "$MODEL" || -d "$MODEL") && -r "$MODEL" ]] || bad_usage "--model: no readable file or model directory at '$MODEL'"
     [[ "$(basename -- "$MODEL")" =~ ^[A-Za-z0-9._-]+$ ]] \
         || bad_usage "--model: use a file name of letters, digits, '.', '_' and '-' (got '$(basename -- "$MODEL")')"
     MODEL="$(realpath -- "$MODEL")"
@@ -376,23 +398,55 @@ step_venv() {
         fi
     fi
 
+    local extra=""
+    case "$BACKEND" in
+        onnxruntime) extra="[onnx]" ;;
+        openvino | ncnn) extra="[$BACKEND]" ;;
+    esac
+    if [[ "$BACKEND" == onnxruntime || "$BACKEND" == ncnn ]]; then
+        # The daemon imports torch only for TorchScript models: leave it out (a Pi 4 2 GB saves
+        # the ~300 MB it maps). pip cannot drop one dependency, so install the rest by name.
+        note "backend $BACKEND: no torch (the daemon never imports it for this backend)"
+        run "$pip" install --upgrade --no-deps "$REPO"
+        # shellcheck disable=SC2046  # one requirement a word
+        run "$pip" install --upgrade $(requirements_without_torch "$extra")
+        return
+    fi
     if [[ -x "$py" ]] && "$py" -c 'import torch' 2>/dev/null; then
         note "torch $("$py" -c 'import torch; print(torch.__version__)') found in the venv: left as it is"
     elif is_jetson; then
-        note "Jetson: PyPI's aarch64 torch has no CUDA. For the GPU, install NVIDIA's torch wheel for"
+        note "Jetson: PyPI's aarch64 torch has no CUDA for Tegra. For the GPU, install NVIDIA's torch wheel for"
         note "your JetPack into the venv ($pip install <wheel>, see"
         note "https://docs.nvidia.com/deeplearning/frameworks/install-pytorch-jetson-platform/),"
         note "set model.device: cuda and uncomment the Jetson DeviceAllow= lines (systemctl edit edgedet)."
-        note "Installing the CPU torch from PyPI for now; an NVIDIA wheel installed later is kept on upgrade."
+        note "Installing the CPU torch $TORCH_AARCH64 from PyPI for now; an NVIDIA wheel installed later is kept on upgrade."
+        run "$pip" install "torch==$TORCH_AARCH64"
     elif [[ "$arch" == x86_64 && ! -e /dev/nvidiactl ]]; then
         note "no NVIDIA GPU: installing the CPU-only torch build (no CUDA libraries)"
         run "$pip" install --index-url "$TORCH_CPU_INDEX" torch
     elif [[ "$arch" == x86_64 ]]; then
         note "NVIDIA GPU found: torch with CUDA from PyPI; uncomment the NVIDIA DeviceAllow= lines"
     else
-        note "aarch64: torch CPU build from PyPI"
+        note "aarch64: torch $TORCH_AARCH64, the newest CPU-only aarch64 build on PyPI (later ones pull CUDA libraries)"
+        run "$pip" install "torch==$TORCH_AARCH64"
     fi
-    run "$pip" install --upgrade "$REPO"
+    run "$pip" install --upgrade "$REPO$extra"
+}
+
+# The core requirements of pyproject.toml less torch, plus those of extra $1 ("[onnx]"), one a line.
+requirements_without_torch() {
+    "$PYTHON" - "$REPO/pyproject.toml" "${1:-}" <<'PY'
+import re, sys
+text = open(sys.argv[1], encoding="utf-8").read()
+extra = sys.argv[2].strip("[]")
+def block(pattern):
+    m = re.search(pattern + r"\s*=\s*\[(.*?)\]", text, re.S)
+    return re.findall(r'"([^"]+)"', m.group(1)) if m else []
+reqs = [r for r in block(r"(?m)^dependencies") if not re.match(r"torch\b", r)]
+if extra:
+    reqs += block(r"(?m)^" + re.escape(extra))
+print("\n".join(reqs))
+PY
 }
 
 CONFIG_CREATED=0
@@ -425,6 +479,23 @@ step_model() {
     [[ -n "$MODEL" ]] || return 0
     local dst
     dst="$ROOT$STATE/models/$(basename -- "$MODEL")"
+    if [[ -d "$MODEL" ]]; then
+        # An *_openvino_model/ or *_ncnn_model/ directory: its files, replaced as a whole.
+        if [[ -d "$dst" ]] && diff -rq -- "$MODEL" "$dst" >/dev/null 2>&1; then
+            note "$dst is up to date"
+            return
+        fi
+        own "$SVC_USER" "$SVC_USER"
+        run rm -rf -- "$dst.new"
+        run install -d -m 0750 "${OWN[@]}" "$dst.new"
+        local f
+        for f in "$MODEL"/*; do
+            run install -m 0640 "${OWN[@]}" "$f" "$dst.new/"
+        done
+        run rm -rf -- "$dst"
+        run mv -- "$dst.new" "$dst"
+        return
+    fi
     if [[ -f "$dst" ]] && cmp -s -- "$MODEL" "$dst"; then
         note "$dst is up to date"
         return

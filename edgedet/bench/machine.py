@@ -24,6 +24,11 @@ def machine_info() -> dict[str, Any]:
             if line.lower().startswith("model name"):
                 cpu = line.split(":", 1)[1].strip()
                 break
+        else:
+            # Arm boards (Pi, Jetson) name no CPU model in /proc/cpuinfo: the board's device-tree name.
+            model = Path("/proc/device-tree/model").read_bytes().rstrip(b"\0").decode(errors="replace").strip()
+            if model:
+                cpu = f"{model} ({platform.machine()})"
     except OSError:
         pass
     try:

@@ -186,12 +186,13 @@ def model(tmp_path: Path) -> Path:
     return path
 
 
-def test_install_script_is_clean_bash() -> None:
-    subprocess.run(["bash", "-n", str(INSTALL)], check=True, timeout=DEADLINE_S)
+@pytest.mark.parametrize("script", [INSTALL, REPO / "scripts" / "arm64_check.sh"], ids=lambda p: p.name)
+def test_install_script_is_clean_bash(script: Path) -> None:
+    subprocess.run(["bash", "-n", str(script)], check=True, timeout=DEADLINE_S)
     shellcheck = shutil.which("shellcheck")
     if shellcheck is None:
         pytest.skip("shellcheck not installed")
-    proc = subprocess.run([shellcheck, str(INSTALL)], capture_output=True, text=True, timeout=60, check=False)
+    proc = subprocess.run([shellcheck, str(script)], capture_output=True, text=True, timeout=60, check=False)
     assert proc.returncode == 0, proc.stdout
 
 
@@ -236,6 +237,41 @@ def test_dry_run_plans_the_venv(tmp_path: Path) -> None:
          "--no-create-home", "--shell", "/usr/sbin/nologin", "edgedet"],
         ["systemctl", "daemon-reload"],
     ]
+
+
+@pytest.mark.parametrize("backend", ["onnxruntime", "ncnn"])
+def test_dry_run_without_torch_for_onnxruntime_and_ncnn(tmp_path: Path, backend: str) -> None:
+    root = tmp_path / "root"
+    proc = install("--dry-run", "--root", str(root), "--no-enable", "--backend", backend)
+    planned = actions(proc.stdout)
+    pip = f"{root}/opt/edgedet/venv/bin/pip"
+    pips = [a for a in planned if a[0] == pip]
+    assert pips[0] == [pip, "install", "--upgrade", "--no-deps", str(REPO)]
+    reqs = pips[1][3:]
+    assert pips[1][:3] == [pip, "install", "--upgrade"]
+    assert not any(r.startswith("torch") for r in reqs), reqs
+    assert {"numpy>=1.24", "paho-mqtt>=2.0", "opencv-python-headless>=4.8"} <= set(reqs)
+    runtime = "onnxruntime" if backend == "onnxruntime" else "ncnn"
+    assert any(r.startswith(runtime) for r in reqs), reqs
+    assert f"# backend {backend}: no torch (the daemon never imports it for this backend)" in proc.stdout
+
+
+def test_model_directory_is_copied_and_picks_the_backend(tmp_path: Path) -> None:
+    model_dir = tmp_path / "yolo-dock_ncnn_model"
+    model_dir.mkdir()
+    (model_dir / "model.ncnn.param").write_text("7767517\n")
+    (model_dir / "model.ncnn.bin").write_bytes(b"\0" * 16)
+    root = tmp_path / "root"
+    proc = install("--root", str(root), "--no-enable", "--model", str(model_dir) + "/", "--dry-run")
+    assert [f"{root}/opt/edgedet/venv/bin/pip", "install", "--upgrade", "--no-deps", str(REPO)] in actions(proc.stdout)
+    install("--skip-venv", "--root", str(root), "--no-enable", "--model", str(model_dir))
+    dst = root / "var" / "lib" / "edgedet" / "models" / model_dir.name
+    assert sorted(p.name for p in dst.iterdir()) == ["model.ncnn.bin", "model.ncnn.param"]
+    assert mode(dst / "model.ncnn.param") == 0o640
+    config = (root / "etc" / "edgedet" / "edgedet.yaml").read_text()
+    assert f"  path: /var/lib/edgedet/models/{model_dir.name}\n" in config
+    again = install("--skip-venv", "--root", str(root), "--no-enable", "--model", str(model_dir))
+    assert actions(again.stdout) == []
 
 
 def mode(path: Path) -> int:
@@ -307,6 +343,7 @@ def test_prefix_rewrites_exec_start(tmp_path: Path) -> None:
         (["--prefix"], "--prefix needs a value"),
         (["--prefix", "relative/dir"], "--prefix must be an absolute path"),
         (["--model", "/nonexistent/model.torchscript"], "--model: no readable file"),
+        (["--backend", "tensorrt"], "--backend: expected torchscript, onnxruntime, openvino or ncnn (got tensorrt)"),
     ],
 )
 def test_bad_arguments_exit_2(tmp_path: Path, args: list[str], message: str) -> None:
