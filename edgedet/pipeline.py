@@ -45,7 +45,7 @@ def load_model(model: ModelConfig, workers: WorkersConfig, cameras: Mapping[str,
     throughput = any(c.enabled and c.kind == "file" and not c.realtime for c in cameras.values())
     count, threads = thread_layout(None, workers.count, workers.threads_per_worker, throughput)
     detector = load_detector(model.path, device=model.device, half=model.half or None, backend=model.backend,
-                             threads=threads)
+                             threads=threads, workers=count)
     classes = None
     if model.classes is not None:
         try:

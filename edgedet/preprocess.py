@@ -1,4 +1,5 @@
-"""Letterbox + normalise into a reused NCHW buffer (pure numpy / OpenCV, no torch).
+"""Letterbox + normalise into a reused NCHW buffer, or letterbox only into a reused uint8 BGR
+buffer for a model that normalises inside (pure numpy / OpenCV, no torch).
 
 Semantics match Ultralytics' ``LetterBox`` for a static-shape exported model (``auto=False``,
 ``scaleup=True``, ``center=True``, pad value 114, ``cv2.INTER_LINEAR``): scale to fit the
@@ -85,17 +86,32 @@ class Preprocessor:
     on a CPU consumes without a copy, and which is filled 4-5x faster (two contiguous passes instead
     of one strided one). Pass ``buffer`` (NCHW, contiguous) to write into memory someone else owns,
     e.g. pinned host memory for CUDA uploads.
+
+    ``"bgr_u8"``: the letterboxed uint8 BGR pixels themselves, ``batch x H x W x 3`` (``tensor`` is
+    ``1 x H x W x 3``), for a model that converts to RGB, scales by 1/255 and transposes inside (an
+    OpenVINO model with its preprocessing compiled in): one resize per frame, nothing else.
     """
 
     def __init__(self, input_h: int, input_w: int, dtype: type[np.floating] = np.float32, batch: int = 1,
                  buffer: np.ndarray | None = None, layout: str = "nchw") -> None:
-        if layout not in ("nchw", "nhwc"):
-            raise ValueError(f"layout must be 'nchw' or 'nhwc' (got {layout!r})")
+        if layout not in ("nchw", "nhwc", "bgr_u8"):
+            raise ValueError(f"layout must be 'nchw', 'nhwc' or 'bgr_u8' (got {layout!r})")
         self.input_h = input_h
         self.input_w = input_w
-        self._canvas = np.full((input_h, input_w, 3), PAD_VALUE, dtype=np.uint8)
-        self._rgb = np.empty_like(self._canvas)
         self._nhwc: np.ndarray | None = None
+        self._last_geometry: list[Letterbox | None] = [None]
+        if layout == "bgr_u8":
+            if buffer is not None and buffer.shape != (batch, input_h, input_w, 3):
+                raise ValueError(f"buffer shape {buffer.shape} != {(batch, input_h, input_w, 3)}")
+            self.batch = buffer if buffer is not None else np.full((batch, input_h, input_w, 3), PAD_VALUE, np.uint8)
+            self._canvases = list(self.batch)  # the image is resized straight into its batch slot
+            self._last_geometry = [None] * batch
+            self._float = False
+            return
+        self._float = True
+        self._canvas = np.full((input_h, input_w, 3), PAD_VALUE, dtype=np.uint8)
+        self._canvases = [self._canvas]
+        self._rgb = np.empty_like(self._canvas)
         if buffer is not None:
             if buffer.shape != (batch, 3, input_h, input_w):
                 raise ValueError(f"buffer shape {buffer.shape} != {(batch, 3, input_h, input_w)}")
@@ -106,23 +122,26 @@ class Preprocessor:
         else:
             self.batch = np.empty((batch, 3, input_h, input_w), dtype=dtype)
         self._scale = np.asarray(255, dtype=self.batch.dtype)
-        self._last_geometry: Letterbox | None = None
 
     def __call__(self, image: np.ndarray, slot: int = 0) -> tuple[np.ndarray, Letterbox]:
         bgr = as_bgr(image)
         h, w = bgr.shape[:2]
-        geo = self._last_geometry
+        which = 0 if self._float else slot  # float layouts share one canvas; bgr_u8 has one per slot
+        canvas = self._canvases[which]
+        geo = self._last_geometry[which]
         if geo is None or geo.src_h != h or geo.src_w != w:
             geo = letterbox_geometry(h, w, self.input_h, self.input_w)
-            self._canvas.fill(PAD_VALUE)  # padding only changes with the geometry
-            self._last_geometry = geo
-        roi = self._canvas[geo.top : geo.top + geo.new_h, geo.left : geo.left + geo.new_w]
+            canvas.fill(PAD_VALUE)  # padding only changes with the geometry
+            self._last_geometry[which] = geo
+        roi = canvas[geo.top : geo.top + geo.new_h, geo.left : geo.left + geo.new_w]
         if (geo.new_h, geo.new_w) == (h, w):
             roi[...] = bgr
         else:
             resized = cv2.resize(bgr, (geo.new_w, geo.new_h), dst=roi, interpolation=cv2.INTER_LINEAR)
             if resized is not roi and not np.shares_memory(resized, roi):
                 roi[...] = resized  # OpenCV could not write in place (should not happen)
+        if not self._float:
+            return self.batch[slot : slot + 1], geo
         if self._nhwc is not None:
             cv2.cvtColor(self._canvas, cv2.COLOR_BGR2RGB, dst=self._rgb)
             np.divide(self._rgb, self._scale, out=self._nhwc[slot], casting="unsafe")
@@ -130,3 +149,10 @@ class Preprocessor:
             np.divide(self._canvas[:, :, ::-1].transpose(2, 0, 1), self._scale, out=self.batch[slot],
                       casting="unsafe")
         return self.batch[slot : slot + 1], geo
+
+
+def to_bgr_u8(batch: np.ndarray) -> np.ndarray:
+    """A float NCHW RGB /255 batch back to the uint8 BGR NHWC pixels it was made from (exact for
+    what :class:`Preprocessor` writes: every value is k/255), for a ``bgr_u8`` model."""
+    pixels = np.rint(np.asarray(batch, dtype=np.float32) * 255.0).clip(0, 255).astype(np.uint8)
+    return np.ascontiguousarray(pixels[:, ::-1].transpose(0, 2, 3, 1))

@@ -56,7 +56,7 @@ def raw_forward(detector: Detector, tensor: Any, workers: int, iters: int) -> di
 
 def measure_candidate(spec: CandidateSpec) -> dict[str, Any]:
     t0 = time.perf_counter()
-    detector = load_detector(spec.model, backend=spec.backend, threads=spec.threads)
+    detector = load_detector(spec.model, backend=spec.backend, threads=spec.threads, workers=spec.workers)
     load_s = time.perf_counter() - t0
     image = read_frame(spec.video)
     pre = Preprocessor(*detector.info.imgsz, dtype=detector.np_dtype, layout=detector.input_layout)

@@ -184,6 +184,7 @@ def ratios_and_targets(report: dict[str, Any]) -> tuple[dict[str, Any], list[dic
         ratios["fastest_vs_ultralytics_fastest"] = _ratio(
             fastest["pipeline_fps"], peer["fps"],
             f"edgedet fastest accepted ({fastest['name']}) / Ultralytics fastest ({peer['name']})")
+    ratios.update(_same_size_ratios(report))
     live = report["live"]
     p50, inf = live["e2e_ms"]["p50"], live["stages_ms"]["inference"]
     limit = None if inf is None else round(inf + TARGET_LIVE_P50_SLACK_MS, 2)
@@ -207,10 +208,44 @@ def ratios_and_targets(report: dict[str, Any]) -> tuple[dict[str, Any], list[dic
     return ratios, targets
 
 
-def _fastest_accepted(report: dict[str, Any]) -> dict[str, Any] | None:
-    """The fastest variant row whose F1 against fp32 (from its export) is >= TARGET_MIN_F1."""
-    rows = [r for r in report.get("variants") or [] if "error" not in r and (r.get("f1") or 0) >= TARGET_MIN_F1]
+def _fastest_accepted(report: dict[str, Any], imgsz: Sequence[int] | None = None) -> dict[str, Any] | None:
+    """The fastest variant row whose F1 against fp32 (from its export) is >= TARGET_MIN_F1 (of that
+    input size, when given)."""
+    rows = [r for r in report.get("variants") or [] if "error" not in r and (r.get("f1") or 0) >= TARGET_MIN_F1
+            and (imgsz is None or list(r["imgsz"]) == list(imgsz))]
     return max(rows, key=lambda r: r["pipeline_fps"], default=None)
+
+
+def _ultra_int8(report: dict[str, Any]) -> dict[tuple[int, int], dict[str, Any]]:
+    """The fastest Ultralytics OpenVINO int8 row per input size (h, w) it ran at."""
+    best: dict[tuple[int, int], dict[str, Any]] = {}
+    for row in report["ultralytics"]["rows"]:
+        if row.get("format") != "openvino" or not row.get("fps") or not row.get("input_shape"):
+            continue
+        size = (int(row["input_shape"][-2]), int(row["input_shape"][-1]))
+        if size not in best or row["fps"] > best[size]["fps"]:
+            best[size] = row
+    return best
+
+
+def _same_size_ratios(report: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """edgedet's fastest accepted setup against Ultralytics' int8 at the same input size (square,
+    and each rect size both ran), and edgedet's fastest of any size against Ultralytics' square int8."""
+    out: dict[str, dict[str, Any]] = {}
+    peers = _ultra_int8(report)
+    overall = _fastest_accepted(report)
+    for (h, w), peer in sorted(peers.items(), key=lambda kv: -kv[0][0]):
+        ours = _fastest_accepted(report, (h, w))
+        kind = "square" if h == w else "rect"
+        if ours is not None:
+            out[f"{kind}_{h}x{w}_vs_ultralytics_int8_{h}x{w}"] = _ratio(
+                ours["pipeline_fps"], peer["fps"],
+                f"same input {h}x{w}: edgedet {ours['name']} / Ultralytics {peer['name']}")
+        if h == w and overall is not None and list(overall["imgsz"]) != [h, w]:
+            out[f"fastest_vs_ultralytics_int8_{h}x{w}"] = _ratio(
+                overall["pipeline_fps"], peer["fps"],
+                f"edgedet fastest ({overall['name']}) / Ultralytics {peer['name']} ({h}x{w})")
+    return out
 
 
 def format_report(rep: dict[str, Any]) -> str:
@@ -290,8 +325,10 @@ def format_report(rep: dict[str, Any]) -> str:
         for line in format_variants(rep["variants"]):
             add(line)
         export = rep.get("ultra_int8_export")
-        if export:
-            add(f"   Ultralytics int8 export: {export['export_s']:.0f} s on {export['frames']} clip frames")
+        for made in (export or {}).get("exports") or ([export] if export else []):
+            size = made.get("imgsz", 640)
+            add(f"   Ultralytics int8 export {'x'.join(map(str, size)) if isinstance(size, list) else size}: "
+                f"{made['export_s']:.0f} s on {made['frames']} clip frames")
 
     rect = rep.get("rect")
     if rect:

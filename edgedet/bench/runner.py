@@ -33,7 +33,7 @@ from edgedet.bench.report import (
     summarise_ultra,
 )
 from edgedet.bench.spawn import BenchError, EdgeSpec, UltraRow, UltraSpec, run_child
-from edgedet.bench.variants import export_ultra_int8, run_variants, summarise_variants
+from edgedet.bench.variants import export_ultra_int8, rect_sizes, run_variants, summarise_variants
 from edgedet.model.torchscript import read_metadata  # no torch
 
 log = logging.getLogger(__name__)
@@ -134,16 +134,23 @@ def _variant_rounds(opts: Options, cores: int, ultra_rows: list[UltraRow],
         if opts.ultra_int8 and opts.weights is not None:
             work = Path(tmp)
             shutil.copy2(opts.weights, work / opts.weights.name)  # export() writes beside the weights
-            try:
-                export = export_ultra_int8(work / opts.weights.name, str(opts.video), work, 640)
-            except BenchError as exc:
-                log.warning("ultralytics int8 export failed: %s", exc)
-                ultra_errors["openvino int8"] = str(exc)
-            if export is not None:
+            rects = rect_sizes([*opts.variants, *([opts.model_rect] if opts.model_rect else [])])
+            sizes: list[int | list[int]] = [640, *rects]
+            for size in sizes:
+                tag = "" if isinstance(size, int) else "x".join(map(str, size)) + " "
+                try:
+                    made = export_ultra_int8(work / opts.weights.name, str(opts.video), work, size)
+                except BenchError as exc:
+                    log.warning("ultralytics int8 export %sfailed: %s", tag, exc)
+                    ultra_errors[f"openvino int8 {tag}".strip()] = str(exc)
+                    continue
+                entry = {**made, "imgsz": size}
+                export = export if export is not None else dict(made)
+                export.setdefault("exports", []).append(entry)
                 for threads in ([None] if opts.ultra_default_threads else []) + [cores]:
                     label = "default threads" if threads is None else f"{threads} threads"
-                    rows.append(UltraRow(name=f"openvino int8 {label}", format="openvino", weights=export["model"],
-                                         imgsz=640, rect=False, threads=threads))
+                    rows.append(UltraRow(name=f"openvino int8 {tag}{label}", format="openvino",
+                                         weights=made["model"], imgsz=size, rect=False, threads=threads))
         ultra_rows.extend(rows)
         rounds = []
         for rnd in range(opts.repeats):

@@ -106,7 +106,7 @@ class UltraExportSpec:
     weights: str
     video: str
     work: str
-    imgsz: int
+    imgsz: int | list[int]  # 640, or [h, w] for a rect export
     frames: int
 
 

@@ -1,7 +1,8 @@
 """The ``ultra-export`` child: Ultralytics' own OpenVINO int8 export, as a user would make it --
 ``YOLO(weights).export(format="openvino", int8=True, data=<yaml>)`` with the dataset yaml over
 ``frames`` frames of the bench clip written to a temp folder (images only: calibration needs no
-labels). Returns the model directory and the export's wall time."""
+labels), at ``imgsz`` (a square side, or [h, w]: Ultralytics' rect export calibrates on rect
+letterboxes too). Returns the model directory and the export's wall time."""
 
 from __future__ import annotations
 
@@ -35,7 +36,9 @@ def export_ultra(spec: UltraExportSpec) -> dict[str, Any]:
     elapsed = time.perf_counter() - t0
     if not out or not Path(out).is_dir():
         raise BenchError(f"ultralytics int8 export wrote nothing ({out!r})")
-    # export() puts it beside the weights: move it into the bench's folder so nothing is left behind
-    target = work / Path(out).name
+    # export() puts it beside the weights: move it into the bench's folder so nothing is left behind,
+    # named by its input size (a square and a rect export of the same weights side by side)
+    size = "x".join(map(str, spec.imgsz)) if isinstance(spec.imgsz, list) else f"{spec.imgsz}x{spec.imgsz}"
+    target = work / Path(out).name.replace("_openvino_model", f"-{size}_openvino_model")
     Path(out).rename(target)
     return {"model": str(target), "export_s": round(elapsed, 1), "frames": spec.frames}

@@ -2,7 +2,9 @@
 demo model -- bf16 TorchScript, OpenVINO f32 / bf16 / int8, ONNX Runtime fp32 / int8, ncnn fp32 -- each at
 1 x N and N x 1 threads, raw forward and pipeline, in ``candidate`` children; and the peer's
 fastest CPU setup (``--ultra-int8``): Ultralytics' own ``export(format="openvino", int8=True)``
-of ``--weights``, calibrated on frames of the bench clip, then run by its own ``predict``.
+of ``--weights``, calibrated on frames of the bench clip, then run by its own ``predict`` -- at
+640x640, and at each rect input size among the variants (``export(imgsz=(384, 640))``), so rect
+compares with rect at the same input size.
 """
 
 from __future__ import annotations
@@ -58,6 +60,7 @@ def summarise_variants(rounds: list[dict[str, list[dict[str, Any]]]]) -> list[di
             "raw_img_s": round(statistics.median(r["raw_img_s"] for r in ok), 3),
             "pipeline_fps": round(statistics.median(r["pipeline_fps"] for r in ok), 3),
             "runs_fps": [round(r["pipeline_fps"], 3) for r in ok],
+            "pipeline_vs_raw": round(statistics.median(r["pipeline_fps"] / r["raw_img_s"] for r in ok), 3),
             "f1": _f1(first["model"]),
         })
     return rows
@@ -76,21 +79,38 @@ def _f1(path: str) -> float | None:
     return None if agree is None else float(agree["f1"])
 
 
-def export_ultra_int8(weights: Path, video: str, work: Path, imgsz: int, frames: int = 60) -> dict[str, Any]:
+def rect_sizes(paths: list[Path]) -> list[list[int]]:
+    """The distinct non-square input sizes [h, w] among the variant models (their metadata)."""
+    from edgedet.modelinfo import read_info
+
+    sizes: list[list[int]] = []
+    for path in paths:
+        try:
+            h, w = read_info(str(path)).imgsz
+        except Exception:  # noqa: BLE001 - its row reports the error
+            continue
+        if h != w and [h, w] not in sizes:
+            sizes.append([h, w])
+    return sizes
+
+
+def export_ultra_int8(weights: Path, video: str, work: Path, imgsz: int | list[int],
+                      frames: int = 60) -> dict[str, Any]:
     """Ultralytics' OpenVINO int8 export of ``weights`` (in a child), calibrated on ``frames`` frames."""
     spec = UltraExportSpec(weights=str(weights), video=video, work=str(work), imgsz=imgsz, frames=frames)
     return run_child(spec, timeout=1200.0)
 
 
 def format_variants(rows: list[dict[str, Any]]) -> list[str]:
-    lines = [f"   {'variant':44} {'backend':11} {'prec':5} {'fwd ms':>7} {'raw img/s':>9} {'pipe fps':>8} "
-             f"{'F1':>6}  runs fps"]
+    lines = [f"   {'variant':44} {'backend':11} {'prec':5} {'input':7} {'fwd ms':>7} {'raw img/s':>9} "
+             f"{'pipe fps':>8} {'pipe/raw':>8} {'F1':>6}  runs fps"]
     for r in rows:
         if "error" in r:
             lines.append(f"   {r['name']:44} error: {r['error']}")
             continue
         f1 = "-" if r["f1"] is None else f"{r['f1']:.3f}"
-        lines.append(f"   {r['name']:44} {r['backend']:11} {r['precision']:5} {r['forward_ms']:7.1f} "
-                     f"{r['raw_img_s']:9.2f} {r['pipeline_fps']:8.2f} {f1:>6}  "
+        size = "x".join(map(str, r["imgsz"]))
+        lines.append(f"   {r['name']:44} {r['backend']:11} {r['precision']:5} {size:7} {r['forward_ms']:7.1f} "
+                     f"{r['raw_img_s']:9.2f} {r['pipeline_fps']:8.2f} {r.get('pipeline_vs_raw', 0):8.3f} {f1:>6}  "
                      + " ".join(f"{v:.2f}" for v in r["runs_fps"]))
     return lines

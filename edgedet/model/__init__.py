@@ -65,12 +65,14 @@ def load_detector(
     half: bool | None = None,
     backend: str = "auto",
     threads: int | None = None,
+    workers: int = 1,
 ) -> Detector:
     """Load ``path`` with ``backend`` (``auto``: by the path, see :func:`resolve_backend`).
 
     Only the chosen backend's runtime is imported. ``threads``: ONNX Runtime's intra-op /
     OpenVINO's inference threads / ncnn's ``opt.num_threads`` / torch's process-wide intra-op pool
-    (None: the runtime's default).
+    (None: the runtime's default), per calling worker thread. ``workers``: how many threads will
+    call ``infer`` at once (OpenVINO gives each its own stream; the other runtimes need nothing).
     """
     kind = resolve_backend(path, backend)
     if kind == "onnxruntime":
@@ -80,7 +82,7 @@ def load_detector(
     if kind == "openvino":
         from edgedet.model.openvino import OpenVinoDetector
 
-        return OpenVinoDetector(path, device=device, half=half, threads=threads)
+        return OpenVinoDetector(path, device=device, half=half, threads=threads, streams=workers)
     if kind == "ncnn":
         from edgedet.model.ncnn import NcnnDetector
 

@@ -27,7 +27,7 @@ METADATA_FILE = "config.txt"
 METADATA_YAML = "metadata.yaml"  # beside the model files in a *_openvino_model / *_ncnn_model directory
 OPENVINO_DIR_SUFFIX = "_openvino_model"
 NCNN_DIR_SUFFIX = "_ncnn_model"
-InputLayout = Literal["nchw", "nhwc"]
+InputLayout = Literal["nchw", "nhwc", "bgr_u8"]
 
 @dataclass(frozen=True, slots=True)
 class ModelInfo:
@@ -83,6 +83,11 @@ class Detector(Protocol):
     channels-last memory of an NCHW array, used without a copy) in ``np_dtype``, and returns the
     raw head output as float32 numpy ``(batch, 4 + nc, anchors)``. ``infer`` may be called from
     several threads at once.
+
+    ``bgr_u8``: the model does BGR -> RGB, /255 and NHWC -> NCHW itself (OpenVINO, compiled into the
+    model), so the batch is the letterboxed uint8 BGR pixels, ``(batch, h, w, 3)``; ``np_dtype`` is
+    then the float type the model computes from, and ``infer`` also takes a float NCHW RGB batch
+    (export checks, the accuracy guard).
     """
 
     info: ModelInfo
@@ -366,9 +371,17 @@ def zipped_torchscript_hint(path: Path) -> str:
     return f" (it looks like a TorchScript file: use model.backend torchscript or name it {path.stem}.torchscript)"
 
 
+def blank_input(detector: Detector, batch: int = 1) -> np.ndarray:
+    """A batch of zeros in the layout and dtype ``detector.infer`` takes on the hot path."""
+    _, c, h, w = detector.input_shape
+    if detector.input_layout == "bgr_u8":
+        return np.zeros((batch, h, w, c), dtype=np.uint8)
+    return np.zeros((batch, c, h, w), dtype=detector.np_dtype)
+
+
 def dry_run(detector: Detector, path: Path, warmup: int) -> int:
     """One forward on zeros to check the output layout, then ``warmup`` more; returns the anchor count."""
-    zeros = np.zeros(detector.input_shape, dtype=detector.np_dtype)
+    zeros = blank_input(detector)
     anchors = check_output(detector.infer(zeros), detector.info, path)
     for _ in range(max(0, warmup)):
         detector.infer(zeros)

@@ -6,6 +6,13 @@ Inference runs in fp32 (``INFERENCE_PRECISION_HINT=f32``): OpenVINO would otherw
 CPUs that have it, and detections would drift from the TorchScript reference. A model exported with
 ``--precision bf16`` says so in its metadata and gets ``INFERENCE_PRECISION_HINT=bf16``.
 
+The frame's preprocessing after the letterbox is compiled into the model (OpenVINO's
+``PrePostProcessor``): the input is the letterboxed uint8 BGR image, ``1 x H x W x 3``
+(``input_layout = "bgr_u8"``), and the model converts it to float, RGB, /255 and NCHW itself, in its
+own threads. Python only resizes into the input buffer, and 4x fewer bytes cross into the runtime.
+A float NCHW batch (export checks, the accuracy guard, other callers) runs through a second compiled
+model of the same IR without that step, compiled on first use.
+
 One compiled model is shared; each calling thread gets its own ``InferRequest`` (an InferRequest
 is not safe to use from two threads at once). ``InferRequest.infer`` releases the GIL.
 """
@@ -25,9 +32,11 @@ from edgedet.errors import ModelError
 from edgedet.model.base import (
     METADATA_YAML,
     OPENVINO_DIR_SUFFIX,
+    InputLayout,
     ModelInfo,
     RuntimeDetector,
     check_input_shape,
+    forward_error,
     read_metadata_yaml,
     runtime_message,
 )
@@ -96,10 +105,34 @@ def read_metadata(path: str | os.PathLike[str]) -> ModelInfo:
     return read_metadata_yaml(meta_path, name)
 
 
+def with_preprocessing(ov: Any, model: Any) -> Any:
+    """``model`` taking the letterboxed uint8 BGR image (N x H x W x 3): to f32, BGR -> RGB, /255 and
+    NHWC -> NCHW inside, as ``edgedet.preprocess.Preprocessor`` does in numpy for float layouts."""
+    from openvino.preprocess import ColorFormat, PrePostProcessor
+
+    ppp = PrePostProcessor(model)
+    inp = ppp.input()
+    inp.tensor().set_element_type(ov.Type.u8).set_layout(ov.Layout("NHWC")).set_color_format(ColorFormat.BGR)
+    inp.model().set_layout(ov.Layout("NCHW"))
+    inp.preprocess().convert_element_type(ov.Type.f32).convert_color(ColorFormat.RGB).scale(255.0)
+    return ppp.build()
+
+
 class OpenVinoDetector(RuntimeDetector):
-    """A YOLOv8 OpenVINO IR model on the CPU; ``infer`` may be called from several threads."""
+    """A YOLOv8 OpenVINO IR model on the CPU; ``infer`` may be called from several threads.
+
+    ``streams``: the worker threads that call ``infer`` at once. With one, the model is compiled
+    for latency (one stream of ``threads`` threads). With more, each gets its own stream of
+    ``threads`` threads (``NUM_STREAMS``): requests on one stream share its graph and run one at a
+    time, so 2 workers x 1 thread on a single stream would use one core.
+    """
 
     backend = "openvino"
+
+    def __init__(self, path: str | os.PathLike[str], device: str = "cpu", half: bool | None = None,
+                 threads: int | None = None, warmup: int = 1, streams: int = 1) -> None:
+        self.streams = max(1, int(streams))
+        super().__init__(path, device=device, half=half, threads=threads, warmup=warmup)
 
     def _load(self, half: bool | None) -> None:
         ov = import_openvino()
@@ -119,8 +152,10 @@ class OpenVinoDetector(RuntimeDetector):
         rest = ours.get("inference_precision") if isinstance(ours, dict) else None  # an int8 model's float parts
         hint = "bf16" if self.precision == "bf16" or rest == "bf16" else "f32"
         config: dict[str, Any] = {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_PRECISION_HINT": hint}
+        if self.streams > 1:
+            config.update({"PERFORMANCE_HINT": "THROUGHPUT", "NUM_STREAMS": self.streams})
         if threads is not None:
-            config["INFERENCE_NUM_THREADS"] = max(1, int(threads))
+            config["INFERENCE_NUM_THREADS"] = max(1, int(threads)) * self.streams
         core = ov.Core()
         try:
             model = core.read_model(str(xml))
@@ -135,21 +170,49 @@ class OpenVinoDetector(RuntimeDetector):
         pshape = model.inputs[0].get_partial_shape()
         dims = tuple(d.get_length() if d.is_static else -1 for d in pshape) if pshape.rank.is_static else ()
         self.input_shape = check_input_shape(dims, self.info, xml)
-        try:
-            self._compiled = core.compile_model(model, "CPU", config)
-        except Exception as exc:  # noqa: BLE001
-            raise ModelError(f"{xml}: OpenVINO cannot compile the model: {runtime_message(exc)}") from None
+        self._core, self._xml, self._config = core, xml, config
+        self._compiled = self._compile(with_preprocessing(ov, model))
+        self._float: Any = None  # the model without the compiled-in preprocessing, on first float input
+        self._float_lock = threading.Lock()
         self.np_dtype: type[np.floating[Any]] = np.float32
+        self.input_layout: InputLayout = "bgr_u8"
         self._local = threading.local()
 
-    def _request(self) -> Any:
-        request = getattr(self._local, "request", None)
+    def _compile(self, model: Any) -> Any:
+        try:
+            return self._core.compile_model(model, "CPU", self._config)
+        except Exception as exc:  # noqa: BLE001
+            raise ModelError(f"{self._xml}: OpenVINO cannot compile the model: {runtime_message(exc)}") from None
+
+    def _float_model(self) -> Any:
+        with self._float_lock:
+            if self._float is None:
+                self._float = self._compile(self._core.read_model(str(self._xml)))
+            return self._float
+
+    def _request(self, compiled: Any) -> Any:
+        requests: dict[int, Any] | None = getattr(self._local, "requests", None)
+        if requests is None:
+            requests = self._local.requests = {}
+        request = requests.get(id(compiled))
         if request is None:
-            request = self._local.request = self._compiled.create_infer_request()
+            request = requests[id(compiled)] = compiled.create_infer_request()
         return request
 
-    def _run(self, batch: np.ndarray) -> Any:
-        return self._request().infer({0: batch})[0]  # copies the outputs (share_outputs=False)
+    def infer(self, batch: np.ndarray) -> np.ndarray:
+        """A uint8 BGR ``N x H x W x 3`` batch (the hot path), or a float NCHW RGB /255 one."""
+        if batch.dtype == np.uint8 and batch.ndim == 4 and batch.shape[3] == 3:
+            x, compiled = np.ascontiguousarray(batch), self._compiled
+        else:
+            x, compiled = np.ascontiguousarray(batch, dtype=np.float32), None
+        try:
+            # the input is read in place (share_inputs); the output is copied (share_outputs=False)
+            out = self._request(compiled or self._float_model()).infer({0: x}, share_inputs=True)[0]
+        except ModelError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - OpenVINO raises RuntimeError with multi-line text
+            raise forward_error(self.path, batch, self.input_shape, self._reason(exc)) from None
+        return np.asarray(out, dtype=np.float32)
 
     def _reason(self, exc: BaseException) -> str:
         return runtime_message(exc)

@@ -402,11 +402,30 @@ def test_openvino_detector_loads_and_infers(tmp_path: Path, target: str) -> None
 
 
 @needs_ov
-def test_openvino_infer_is_thread_safe(tmp_path: Path) -> None:
+def test_openvino_takes_uint8_bgr_pixels(tmp_path: Path) -> None:
+    """The hot path: letterboxed uint8 BGR pixels; the model does RGB, /255 and NCHW inside, giving
+    what the float NCHW input of the same pixels gives."""
     from edgedet.model.openvino import OpenVinoDetector
+    from edgedet.preprocess import Preprocessor
 
     det = OpenVinoDetector(write_openvino(tmp_path / "tiny_openvino_model", metadata()), threads=1)
-    assert run_threads(det) == []
+    assert det.input_layout == "bgr_u8"
+    image = np.random.default_rng(3).integers(0, 256, size=(6, 8, 3), dtype=np.uint8)
+    pixels, _ = Preprocessor(8, 8, layout="bgr_u8")(image)
+    floats, _ = Preprocessor(8, 8)(image)
+    assert pixels.shape == (1, 8, 8, 3) and pixels.dtype == np.uint8
+    np.testing.assert_allclose(det.infer(pixels), expected(floats), rtol=0, atol=1e-6)
+    assert np.array_equal(det.infer(floats), expected(floats))  # float input: exact, no preprocessing inside
+
+
+@needs_ov
+@pytest.mark.parametrize("streams", [1, 2])
+def test_openvino_infer_is_thread_safe(tmp_path: Path, streams: int) -> None:
+    """Several workers on one model: one stream (latency) or a stream per worker (NUM_STREAMS)."""
+    from edgedet.model import load_detector
+
+    det = load_detector(write_openvino(tmp_path / "tiny_openvino_model", metadata()), threads=1, workers=streams)
+    assert det.streams == streams and run_threads(det) == []
 
 
 def _openvino_cases(tmp_path: Path) -> dict[str, tuple[Path, str]]:

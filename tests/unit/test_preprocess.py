@@ -102,3 +102,30 @@ def test_grayscale_and_bgra_convert():
     bgra = np.zeros((5, 6, 4), np.uint8)
     bgra[..., 2] = 255
     assert as_bgr(bgra)[0, 0].tolist() == [0, 0, 255]
+
+
+@pytest.mark.parametrize("shape", [(720, 1280, 3), (481, 640, 3), (64, 64, 3), (37, 53)])
+def test_bgr_u8_layout_is_the_letterboxed_pixels_of_the_float_layouts(shape):
+    """The uint8 BGR layout (a model that normalises inside) holds exactly the pixels the float
+    layouts are made from: RGB/255 of it is the NCHW tensor, and to_bgr_u8 inverts that exactly."""
+    from edgedet.preprocess import to_bgr_u8
+
+    image = np.random.default_rng(1).integers(0, 256, size=shape, dtype=np.uint8)
+    ref, geo = Preprocessor(384, 640)(image)
+    got, geo_u8 = Preprocessor(384, 640, layout="bgr_u8")(image)
+    assert geo_u8 == geo and got.shape == (1, 384, 640, 3) and got.dtype == np.uint8
+    assert np.array_equal(got[:, :, :, ::-1].transpose(0, 3, 1, 2) / np.float32(255), ref)
+    assert np.array_equal(to_bgr_u8(ref), got)
+
+
+def test_bgr_u8_slots_keep_their_own_padding():
+    pre = Preprocessor(64, 64, batch=2, layout="bgr_u8")
+    tall = np.full((64, 32, 3), 7, np.uint8)
+    wide = np.full((32, 64, 3), 9, np.uint8)
+    a, _ = pre(tall, slot=0)
+    b, geo = pre(wide, slot=1)
+    assert np.shares_memory(a, pre.batch) and np.shares_memory(b, pre.batch) and pre.batch.shape == (2, 64, 64, 3)
+    assert (pre.batch[0, :, :16] == PAD_VALUE).all() and (pre.batch[0, :, 16:48] == 7).all()
+    assert geo.top == 16 and (pre.batch[1, :16] == PAD_VALUE).all() and (pre.batch[1, 16:48] == 9).all()
+    pre(wide, slot=0)  # slot 0's geometry changes: its old image columns are padding again
+    assert (pre.batch[0, :16] == PAD_VALUE).all() and (pre.batch[0, 16:48] == 9).all()

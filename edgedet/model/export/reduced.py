@@ -126,8 +126,13 @@ def export_reduced(fmt: str, precision: str, eager: Any, traced: Any, inputs: Se
         got = detections(infer, [val.tensors[i] for i in idx], [val.geometry[i] for i in idx], names)
         return agreement([refs[i] for i in idx], got)
 
-    def judge(path: Path) -> Agreement:
-        return score(_load(path, fmt).infer)
+    def judge(path: Path) -> Agreement:  # the model as the daemon feeds it (uint8 pixels for bgr_u8)
+        from edgedet.preprocess import to_bgr_u8
+
+        detector = _load(path, fmt)
+        if detector.input_layout == "bgr_u8":
+            return score(lambda x: detector.infer(to_bgr_u8(x)))
+        return score(detector.infer)
 
     output.parent.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix=f".{output.name}.", suffix=".tmp", dir=output.parent))
