@@ -82,11 +82,16 @@ def _parse_classes(values: Sequence[str] | None, names: Sequence[str]) -> list[i
 def _cmd_detect(args: argparse.Namespace) -> int:
     import cv2
 
-    from edgedet.model import load_detector
+    from edgedet.model import load_detector, resolve_backend
     from edgedet.postprocess import decode
     from edgedet.preprocess import Preprocessor
 
-    detector = load_detector(args.model, device=args.device, backend=args.backend)
+    if args.threads is not None and args.threads < 1:
+        raise InputError(f"--threads: expected a count >= 1 (got {args.threads})")
+    if args.half and args.device == "cpu" and resolve_backend(args.model, args.backend) != "ncnn":
+        raise InputError("--half: fp16 needs --device cuda (on the CPU only an ncnn model has it)")
+    detector = load_detector(args.model, device=args.device, backend=args.backend, half=args.half or None,
+                             threads=args.threads)
     info = detector.info
     classes = _parse_classes(args.classes, info.names)
     pre = Preprocessor(*info.imgsz, dtype=detector.np_dtype, layout=detector.input_layout)
@@ -216,6 +221,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--iou", type=float, default=0.7)
     p.add_argument("--max-det", type=int, default=300)
     p.add_argument("--classes", nargs="*", default=None, help="labels or class ids to keep")
+    p.add_argument("--threads", type=int, default=None, metavar="N",
+                   help="the runtime's threads (default: the runtime's own choice)")
+    p.add_argument("--half", action="store_true",
+                   help="as model.half: fp16 on CUDA (TorchScript); ncnn: fp16 storage and arithmetic")
     p.add_argument("--save-annotated", default=None, metavar="DIR")
     p.set_defaults(func=_cmd_detect)
 

@@ -147,8 +147,19 @@ def valid_timezone(value: str) -> str | None:
     try:
         ZoneInfo(value)
     except (ZoneInfoNotFoundError, ValueError):
+        if value != "UTC" and not _have_tz_database():
+            return (f"cannot look up time zone {show(value)}: this system has no time zone database "
+                    "(apt-get install tzdata, or pip install tzdata)")
         return f"unknown time zone {show(value)} (expected an IANA name such as 'Europe/Paris' or 'UTC')"
     return None
+
+
+def _have_tz_database() -> bool:
+    try:
+        ZoneInfo("Europe/Paris")
+    except (ZoneInfoNotFoundError, ValueError):
+        return False
+    return True
 
 
 @dataclass(frozen=True, slots=True, kw_only=True, repr=False)

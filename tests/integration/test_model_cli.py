@@ -122,3 +122,16 @@ def test_classes_filter_and_bad_label():
     assert result.returncode == 0 and json.loads(result.stdout)["detections"] == []
     result = edgedet("detect", str(ASSETS / "bus.jpg"), "--model", str(DEMO_MODEL), "--classes", "smoke")
     assert result.returncode == 2 and "unknown label 'smoke'" in result.stderr
+
+
+def test_detect_half_on_the_cpu_is_refused_except_for_ncnn(tmp_path: Path, image: Path):
+    result = edgedet("detect", str(image), "--model", str(DEMO_MODEL), "--half")
+    assert result.returncode == 2
+    assert result.stderr.strip() == "error: --half: fp16 needs --device cuda (on the CPU only an ncnn model has it)"
+    assert result.stdout == ""
+
+
+def test_detect_threads_must_be_positive(image: Path):
+    result = edgedet("detect", str(image), "--model", str(DEMO_MODEL), "--threads", "0")
+    assert result.returncode == 2
+    assert result.stderr.strip() == "error: --threads: expected a count >= 1 (got 0)"

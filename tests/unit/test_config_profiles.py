@@ -100,3 +100,20 @@ def test_a_config_without_profiles_does_not_import_astral(tmp_path: Path) -> Non
             "print('astral' in sys.modules)")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert proc.stdout.strip() == "False", proc.stderr
+
+
+def test_a_system_without_a_time_zone_database_is_named(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A minimal Debian (no tzdata package, no tzdata wheel) cannot resolve any zone: say so."""
+    import zoneinfo
+
+    for name in ["tzdata", *(m for m in sys.modules if m.startswith("tzdata."))]:
+        monkeypatch.setitem(sys.modules, name, None)  # no tzdata wheel either, even if imported before
+    zoneinfo.reset_tzpath(to=[])
+    zoneinfo.ZoneInfo.clear_cache()
+    try:
+        got = problems("location: {latitude: 45, longitude: 6, timezone: Europe/Paris}\n", tmp_path)
+    finally:
+        zoneinfo.reset_tzpath()
+        zoneinfo.ZoneInfo.clear_cache()
+    assert got == ["c.yaml:5: location.timezone: cannot look up time zone 'Europe/Paris': this system has no time "
+                   "zone database (apt-get install tzdata, or pip install tzdata)"]
