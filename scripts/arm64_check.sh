@@ -189,7 +189,8 @@ step_wheels() {
     local torch_reqs=(filelock "typing-extensions>=4.10.0" "sympy>=1.13.3" "networkx>=2.5.1" jinja2 "fsspec>=0.8.5")
     local reqs=(
         "opencv-python-headless>=4.8" "numpy>=1.24" "pyyaml>=6.0" "paho-mqtt>=2.0" "prometheus-client>=0.17"
-        "onnxruntime>=1.17" "ncnn>=1.0.20240410" "setuptools>=68" wheel pytest pytest-timeout jsonschema psutil
+        "onnxruntime>=1.17" "ncnn>=1.0.20240410" "setuptools>=68" wheel "astral>=3.2,<4"
+        pytest pytest-timeout jsonschema psutil "fastapi>=0.115,<1" "uvicorn>=0.30,<1"
     )
     local -a dl=("$HOST_PY" -m pip download -q --dest "$CACHE/wheels" --only-binary=:all: --python-version 3.11
         --implementation cp --abi cp311 --abi abi3 --abi none
@@ -265,7 +266,7 @@ step_install() {
         fail "install: /opt/edgedet-lite has torch"
     fi
     local v
-    v="$(inside /opt/edgedet/venv/bin/python -c 'import edgedet, torch, cv2, numpy; print("edgedet", edgedet.__version__, "torch", torch.__version__, "cv2", cv2.__version__, "numpy", numpy.__version__)')"
+    v="$(inside /opt/edgedet/venv/bin/python -c 'import edgedet, torch, cv2, numpy; print("edgedet", edgedet.__version__, "torch", torch.__version__, "cv2", cv2.__version__, "numpy", numpy.__version__)' 2>/dev/null)"
     record "install: /opt/edgedet: $v"
     v="$(inside /opt/edgedet-lite/venv/bin/python -c 'import onnxruntime, ncnn; print("onnxruntime", onnxruntime.__version__, "ncnn", ncnn.__version__, "(no torch)")' 2>&1 | tail -1)"
     record "install: /opt/edgedet-lite: $v"
@@ -280,15 +281,14 @@ step_parity() {
         imgs+=("/src/.cache/demo/$i")
         host_imgs+=("$REPO/.cache/demo/$i")
     done
-    # ncnn-fp16: NCNN with model.half (fp16 storage and arithmetic, which the Cortex-A76 has)
-    # against x86's fp32 NCNN; reported with looser bounds (4 px, 0.02), as the x86 tests allow.
+    # ncnn-fp16: NCNN with model.half (fp16 weights and blobs, fp32 arithmetic) against x86's fp32.
     for name in torchscript onnxruntime ncnn ncnn-fp16; do
         half=() ref="$name" tol=(--box-px 1 --score 0.01)
         case "$name" in
             torchscript) model=demo.torchscript venv=/opt/edgedet/venv ;;
             onnxruntime) model=demo.onnx venv=/opt/edgedet-lite/venv ;;
             ncnn) model=demo_ncnn_model venv=/opt/edgedet-lite/venv ;;
-            ncnn-fp16) model=demo_ncnn_model venv=/opt/edgedet-lite/venv ref=ncnn half=(--half) tol=(--box-px 4 --score 0.02) ;;
+            ncnn-fp16) model=demo_ncnn_model venv=/opt/edgedet-lite/venv ref=ncnn half=(--half) ;;
         esac
         if [[ ! -s "$OUT/x86-$ref.jsonl" ]] && ! "$REPO/.venv/bin/edgedet" detect --model "$MODELS/$model" "${host_imgs[@]}" \
             >"$OUT/x86-$ref.jsonl" 2>"$OUT/x86-$ref.err"; then
@@ -347,7 +347,7 @@ EOF
     BG_PIDS+=($!)
     local broker=$!
     "$HOST_PY" "$REPO/scripts/arm64_tools.py" listen --port "$port" --out "$OUT/messages-$name.jsonl" \
-        --until-detections 2 --timeout $((DAEMON_SECONDS + 240)) >"$OUT/listen-$name.log" 2>&1 &
+        --until-detections 1 --timeout 900 >"$OUT/listen-$name.log" 2>&1 &
     listener=$!
     BG_PIDS+=("$listener")
     local t0=$SECONDS
@@ -434,7 +434,8 @@ step_unit() {
         return
     fi
     local t0=$SECONDS rc=0
-    inside /opt/edgedet/venv/bin/pip install -q pytest pytest-timeout jsonschema psutil >"$OUT/unit-pip.log" 2>&1 \
+    # dev's test tools and the web extra (the console's unit tests); export/openvino tests skip.
+    inside /opt/edgedet/venv/bin/pip install -q pytest pytest-timeout jsonschema psutil fastapi uvicorn >"$OUT/unit-pip.log" 2>&1 \
         || { fail "unit: pip install pytest failed (see $OUT/unit-pip.log)"; return; }
     inside sh -c 'cd /src && /opt/edgedet/venv/bin/python -m pytest -q -p no:cacheprovider -o addopts="-ra --timeout=900" tests/unit' \
         >"$OUT/unit.log" 2>&1 || rc=$?

@@ -373,7 +373,7 @@ step_venv() {
     local venv="$ROOT$VENV" pip="$ROOT$VENV/bin/pip" py="$ROOT$VENV/bin/python"
     if ((SKIP_VENV)); then
         skip "--skip-venv" "$PYTHON" -m venv "$venv"
-        skip "--skip-venv" "$pip" install --upgrade "$REPO"
+        skip "--skip-venv" "$pip" install --upgrade "${REPO}[profiles]"
         return
     fi
     local arch
@@ -398,10 +398,11 @@ step_venv() {
         fi
     fi
 
-    local extra=""
+    # profiles: astral for the example config's sun rules (small, pure Python; imported only for one).
+    local extra="[profiles]"
     case "$BACKEND" in
-        onnxruntime) extra="[onnx]" ;;
-        openvino | ncnn) extra="[$BACKEND]" ;;
+        onnxruntime) extra="[onnx,profiles]" ;;
+        openvino | ncnn) extra="[$BACKEND,profiles]" ;;
     esac
     if [[ "$BACKEND" == onnxruntime || "$BACKEND" == ncnn ]]; then
         # The daemon imports torch only for TorchScript models: leave it out (a Pi 4 2 GB saves
@@ -433,17 +434,18 @@ step_venv() {
     run "$pip" install --upgrade "$REPO$extra"
 }
 
-# The core requirements of pyproject.toml less torch, plus those of extra $1 ("[onnx]"), one a line.
+# The core requirements of pyproject.toml less torch, plus those of extras $1 ("[onnx,profiles]"),
+# one a line.
 requirements_without_torch() {
     "$PYTHON" - "$REPO/pyproject.toml" "${1:-}" <<'PY'
 import re, sys
 text = open(sys.argv[1], encoding="utf-8").read()
-extra = sys.argv[2].strip("[]")
+extras = [e for e in sys.argv[2].strip("[]").split(",") if e]
 def block(pattern):
     m = re.search(pattern + r"\s*=\s*\[(.*?)\]", text, re.S)
     return re.findall(r'"([^"]+)"', m.group(1)) if m else []
 reqs = [r for r in block(r"(?m)^dependencies") if not re.match(r"torch\b", r)]
-if extra:
+for extra in extras:
     reqs += block(r"(?m)^" + re.escape(extra))
 print("\n".join(reqs))
 PY

@@ -46,9 +46,10 @@ DEMO_NCNN = REPO / "models" / "demo_ncnn_model"
 # the project-wide detection parity target (1 px, 0.01).
 BOX_TOL_PX = 0.25
 SCORE_TOL = 0.002
-# model.half on a CPU with fp16 arithmetic (Armv8.2 asimdhp): fp16 rounding, the fp16 export limits.
-FP16_BOX_TOL_PX = 4.0
-FP16_SCORE_TOL = 0.02
+# model.half on a CPU with fp16 (Armv8.2 asimdhp): fp16 weights and blobs, fp32 arithmetic; the
+# project-wide parity target (on the emulated Cortex-A76: 0.4 px, 0.0002 against fp32).
+FP16_BOX_TOL_PX = 1.0
+FP16_SCORE_TOL = 0.01
 EXPORT_DIFF = re.compile(r"ncnn \S+ vs eager \(fused\): boxes (\S+) px, scores (\S+)")
 
 RAW = r"""
@@ -149,7 +150,7 @@ def test_ncnn_detections_match_torchscript(ncnn_640: Path, reference: dict[str, 
 
 
 def test_ncnn_half_detections_match_torchscript(ncnn_640: Path, reference: dict[str, Any]) -> None:
-    """model.half: fp16 storage + arithmetic. x86-64 has no ncnn fp16 kernels: fp32 parity holds."""
+    """model.half: fp16 storage, fp32 arithmetic. x86-64 has no ncnn fp16 kernels: fp32 parity holds."""
     ours = raw_detections(ncnn_640, "ncnn", list(reference["images"]), half=True)
     box_tol, score_tol = (FP16_BOX_TOL_PX, FP16_SCORE_TOL) if ours["fp16_cpu"] else (BOX_TOL_PX, SCORE_TOL)
     for name, (box, score) in differences(ours["images"], reference["images"]).items():

@@ -214,7 +214,7 @@ def test_dry_run_prints_every_action_and_changes_nothing(tmp_path: Path, model: 
         ["useradd", "--system", "--user-group", "--groups", "video", "--home-dir", "/var/lib/edgedet",
          "--no-create-home", "--shell", "/usr/sbin/nologin", "edgedet"],
         [sys.executable, "-m", "venv", f"{root}/opt/edgedet/venv"],
-        [f"{root}/opt/edgedet/venv/bin/pip", "install", "--upgrade", str(REPO)],
+        [f"{root}/opt/edgedet/venv/bin/pip", "install", "--upgrade", f"{REPO}[profiles]"],
         ["systemctl", "daemon-reload"],
         ["systemctl", "enable", "edgedet.service"],  # fresh config: enable, start after editing it
     ]
@@ -231,7 +231,7 @@ def test_dry_run_plans_the_venv(tmp_path: Path) -> None:
     assert [sys.executable, "-m", "venv", venv] in planned or [
         sys.executable, "-m", "venv", "--system-site-packages", venv  # Jetson
     ] in planned
-    assert planned[-4] == [f"{venv}/bin/pip", "install", "--upgrade", str(REPO)]
+    assert planned[-4] == [f"{venv}/bin/pip", "install", "--upgrade", f"{REPO}[profiles]"]
     assert skipped(proc.stdout) == [
         ["useradd", "--system", "--user-group", "--groups", "video", "--home-dir", "/var/lib/edgedet",
          "--no-create-home", "--shell", "/usr/sbin/nologin", "edgedet"],
@@ -253,6 +253,7 @@ def test_dry_run_without_torch_for_onnxruntime_and_ncnn(tmp_path: Path, backend:
     assert {"numpy>=1.24", "paho-mqtt>=2.0", "opencv-python-headless>=4.8"} <= set(reqs)
     runtime = "onnxruntime" if backend == "onnxruntime" else "ncnn"
     assert any(r.startswith(runtime) for r in reqs), reqs
+    assert any(r.startswith("astral") for r in reqs), reqs  # the example config's sun rules
     assert f"# backend {backend}: no torch (the daemon never imports it for this backend)" in proc.stdout
 
 

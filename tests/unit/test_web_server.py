@@ -29,12 +29,15 @@ from edgedet.metrics import Metrics
 from edgedet.outputs.topics import Topics
 from edgedet.schemas import load_schema
 from edgedet.types import Detection, Detections, Frame
-from edgedet.web.api import WRITE_HEADER, create_app
-from edgedet.web.feedback import Feedback
-from edgedet.web.history import EventHistory
-from edgedet.web.live import LiveFrames
-from edgedet.web.server import WebServer
-from edgedet.web.status import Console
+
+pytest.importorskip("fastapi", reason="the web console needs the 'web' extra (fastapi, uvicorn)")
+
+from edgedet.web.api import WRITE_HEADER, create_app  # noqa: E402 - after the skip: needs the extra
+from edgedet.web.feedback import Feedback  # noqa: E402
+from edgedet.web.history import EventHistory  # noqa: E402
+from edgedet.web.live import LiveFrames  # noqa: E402
+from edgedet.web.server import WebServer  # noqa: E402
+from edgedet.web.status import Console  # noqa: E402
 
 TOKEN = "Web-T0ken-For-Tests-0123456789"
 CAMERA = "gate"
