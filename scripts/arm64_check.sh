@@ -18,8 +18,8 @@
 #             /opt/edgedet (TorchScript, CPU torch) and /opt/edgedet-lite (--backend ncnn plus
 #             onnxruntime: no torch installed at all)
 #   parity    `edgedet detect` inside vs on this x86 host with the same model files (exported
-#             here): TorchScript, ONNX Runtime, NCNN; same count and classes, boxes <= 1 px,
-#             scores <= 0.01 (scripts/arm64_tools.py compare)
+#             here): TorchScript, ONNX Runtime, NCNN (and NCNN's fp16 storage, not with --quick);
+#             same count and classes, boxes <= 1 px, scores <= 0.01 (scripts/arm64_tools.py compare)
 #   daemon    a 30 s `edgedet run` on a file camera publishing to the rootfs's mosquitto (NCNN,
 #             from the venv without torch; the full run adds ONNX Runtime and TorchScript);
 #             messages checked against edgedet/schemas; exit 0 on SIGTERM; peak RSS
@@ -286,7 +286,9 @@ step_parity() {
         host_imgs+=("$REPO/.cache/demo/$i")
     done
     # ncnn-fp16: NCNN with model.half (fp16 weights and blobs, fp32 arithmetic) against x86's fp32.
-    for name in torchscript onnxruntime ncnn ncnn-fp16; do
+    local names=(torchscript onnxruntime ncnn)
+    ((QUICK)) || names+=(ncnn-fp16) # --quick: fp16 storage is slow to emulate (about 8 min)
+    for name in "${names[@]}"; do
         half=() ref="$name" tol=(--box-px 1 --score 0.01)
         case "$name" in
             torchscript) model=demo.torchscript venv=/opt/edgedet/venv ;;

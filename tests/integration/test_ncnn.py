@@ -47,7 +47,7 @@ DEMO_NCNN = REPO / "models" / "demo_ncnn_model"
 BOX_TOL_PX = 0.25
 SCORE_TOL = 0.002
 # model.half on a CPU with fp16 (Armv8.2 asimdhp): fp16 weights and blobs, fp32 arithmetic; the
-# project-wide parity target (on the emulated Cortex-A76: 0.4 px, 0.0002 against fp32).
+# project-wide parity target (on the emulated Cortex-A76: 0.5 px, 0.0005 against its fp32).
 FP16_BOX_TOL_PX = 1.0
 FP16_SCORE_TOL = 0.01
 EXPORT_DIFF = re.compile(r"ncnn \S+ vs eager \(fused\): boxes (\S+) px, scores (\S+)")
