@@ -358,13 +358,15 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--seconds and --fps must be positive (got {args.seconds}, {args.fps})")
 
     try:
-        assets = args.assets if args.assets is not None else find_assets()
+        assets: Path | None = args.assets
         out: Path = args.out_dir
         out.mkdir(parents=True, exist_ok=True)
         written: list[Path] = []
         for name in PHOTOS:
             target = out / name
             if args.force or not target.is_file():
+                # Only a missing photo needs ultralytics' assets (a copy of the out dir needs none).
+                assets = assets if assets is not None else find_assets()
                 tmp = target.with_name(f".{name}.{os.getpid()}.tmp")
                 shutil.copyfile(assets / name, tmp)
                 os.replace(tmp, target)
